@@ -1,0 +1,179 @@
+package main
+
+/*
+#include "gradnormlorp.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/gradnormlorp/gradnormlorp/core"
+	"github.com/gradnormlorp/gradnormlorp/core/cpu"
+)
+
+var backend core.Backend = cpu.Backend{}
+
+//export gnlp_version
+func gnlp_version() *C.char { return versionC }
+
+//export gnlp_abi_version
+func gnlp_abi_version() C.int32_t { return C.GNLP_ABI_VERSION }
+
+//export gnlp_config_default
+func gnlp_config_default() C.gnlp_config { return configToC(core.DefaultConfig()) }
+
+//export gnlp_state_layout
+func gnlp_state_layout(param *C.gnlp_tensor, config *C.gnlp_config, specs *C.gnlp_buffer_spec, capacity C.int32_t, count *C.int32_t) C.gnlp_status {
+	return run(func() error {
+		if param == nil {
+			return nullError("param")
+		}
+		if count == nil {
+			return nullError("count")
+		}
+		if capacity > 0 && specs == nil {
+			return nullError("specs")
+		}
+		cfg, err := configFromC(config)
+		if err != nil {
+			return err
+		}
+		// Only dtype and shape matter here: the param need not exist yet.
+		shape, err := shapeFromC(param, "param")
+		if err != nil {
+			return err
+		}
+		layout, err := core.Layout(core.DType(param.dtype), shape, cfg)
+		if err != nil {
+			return err
+		}
+		*count = C.int32_t(len(layout))
+		if int(capacity) < len(layout) {
+			return core.Errorf(core.CodeBufferTooSmall, "specs has room for %d buffers, the layout has %d", int32(capacity), len(layout))
+		}
+		out := unsafe.Slice(specs, len(layout))
+		for i, b := range layout {
+			out[i] = bufferSpecToC(b)
+		}
+		return nil
+	})
+}
+
+func bufferSpecToC(b core.BufferSpec) C.gnlp_buffer_spec {
+	var s C.gnlp_buffer_spec
+	name := unsafe.Slice((*byte)(unsafe.Pointer(&s.name[0])), len(s.name))
+	copy(name[:len(name)-1], b.Name)
+	s.dtype = C.int32_t(b.DType)
+	s.ndim = C.int32_t(len(b.Shape))
+	for i, d := range b.Shape {
+		s.shape[i] = C.int64_t(d)
+	}
+	s.bytes = C.int64_t(b.Bytes())
+	return s
+}
+
+//export gnlp_state_init
+func gnlp_state_init(param *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, stream unsafe.Pointer) C.gnlp_status {
+	return run(func() error {
+		cfg, err := configFromC(config)
+		if err != nil {
+			return err
+		}
+		p, err := tensorFromC(param, "param")
+		if err != nil {
+			return err
+		}
+		st, err := stateFromC(state, nState)
+		if err != nil {
+			return err
+		}
+		return core.Init(backend, p, st, cfg)
+	})
+}
+
+//export gnlp_workspace_size
+func gnlp_workspace_size(param *C.gnlp_tensor, config *C.gnlp_config, bytes *C.int64_t) C.gnlp_status {
+	return run(func() error {
+		if bytes == nil {
+			return nullError("bytes")
+		}
+		cfg, err := configFromC(config)
+		if err != nil {
+			return err
+		}
+		p, err := tensorFromC(param, "param")
+		if err != nil {
+			return err
+		}
+		*bytes = C.int64_t(4 * core.PlanFor(p.Shape, cfg).WorkspaceElems())
+		return nil
+	})
+}
+
+//export gnlp_step
+func gnlp_step(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, stream unsafe.Pointer) C.gnlp_status {
+	return run(func() error {
+		it, err := itemFromC(param, grad, state, nState, config, step, "")
+		if err != nil {
+			return err
+		}
+		return stepAll([]core.Item{it})
+	})
+}
+
+//export gnlp_step_batch
+func gnlp_step_batch(items *C.gnlp_step_item, n C.int32_t, stream unsafe.Pointer) C.gnlp_status {
+	return run(func() error {
+		if n < 0 {
+			return core.Errorf(core.CodeInvalidArgument, "n_items is %d, must be >= 0", int32(n))
+		}
+		if n > 0 && items == nil {
+			return nullError("items")
+		}
+		cs := unsafe.Slice(items, int(n))
+		batch := make([]core.Item, len(cs))
+		for i := range cs {
+			c := &cs[i]
+			if c.reserved != 0 {
+				return core.Errorf(core.CodeInvalidArgument, "items[%d].reserved is %d, must be 0", i, int32(c.reserved))
+			}
+			it, err := itemFromC(&c.param, &c.grad, c.state, c.n_state, &c.config, c.step, fmt.Sprintf("items[%d].", i))
+			if err != nil {
+				return err
+			}
+			batch[i] = it
+		}
+		return stepAll(batch)
+	})
+}
+
+// itemFromC converts one parameter's step arguments; prefix locates it in
+// a batch for error messages.
+func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, prefix string) (core.Item, error) {
+	cfg, err := configFromC(config)
+	if err != nil {
+		return core.Item{}, prefixed(prefix, err)
+	}
+	p, err := tensorFromC(param, prefix+"param")
+	if err != nil {
+		return core.Item{}, err
+	}
+	g, err := tensorFromC(grad, prefix+"grad")
+	if err != nil {
+		return core.Item{}, err
+	}
+	st, err := stateFromC(state, nState)
+	if err != nil {
+		return core.Item{}, prefixed(prefix, err)
+	}
+	return core.Item{Param: p, Grad: g, State: st, Config: cfg, Step: int64(step)}, nil
+}
+
+func prefixed(prefix string, err error) error {
+	if prefix == "" {
+		return err
+	}
+	return core.Errorf(core.CodeOf(err), "%s%s", prefix, err.Error())
+}

@@ -1,0 +1,51 @@
+package core
+
+// AdamParams are the per-step scalars of the Adam form used everywhere:
+// m1 = b1 m1 + (1-b1) x, m2 = b2 m2 + (1-b2) x^2, N = m1 / (sqrt(m2) + eps),
+// with the bias correction folded into StepSize and the decoupled weight
+// decay factor 1 - lr * weight_decay in Decay.
+type AdamParams struct {
+	Beta1, Beta2, Eps float32
+	StepSize          float32
+	Decay             float32
+}
+
+// Backend performs the numerical primitives of a step on one kind of
+// memory. It knows nothing of the schedule: core decides what runs when.
+// Parameters and gradients are float32, bfloat16 or float16; everything
+// else is float32. All tensors are contiguous and row-major, and vectors
+// of per-row values have one element per row of the matrix they describe.
+type Backend interface {
+	// AllFinite reports whether t holds no NaN or Inf.
+	AllFinite(t Tensor) (bool, error)
+	// Zero sets every element of t to 0.
+	Zero(t Tensor) error
+	// RowNorms writes the Euclidean norm of each row of w into out.
+	RowNorms(w, out Tensor) error
+	// WeightNormGrad computes the exact weight-norm gradients of every row.
+	// With D_i = w_i / g_i: dg_i = <grad_i, D_i> and
+	// dv_i = (g_i / s_i) (grad_i - dg_i D_i). A row with g_i == 0 has no
+	// direction: dg_i = 0 and dv_i = grad_i.
+	WeightNormGrad(w, grad, g, s, dg, dv Tensor) error
+	// SingularVectors writes the leading singular vectors of a (m x n):
+	// into the columns of left (m x k) and/or the rows of right (k x n); a
+	// side whose Data is nil is not wanted. Each vector is flipped so that
+	// its entry of largest magnitude (the first, on ties) is positive.
+	// Nothing is written unless the whole factorisation succeeds.
+	SingularVectors(a, left, right Tensor) error
+	// MatMul computes c = alpha * op(a) * op(b), op transposing when asked.
+	MatMul(transA bool, a Tensor, transB bool, b Tensor, alpha float32, c Tensor) error
+	// AdamDirection updates the moments m1, m2 from x and overwrites x
+	// with the Adam direction m1 / (sqrt(m2) + eps).
+	AdamDirection(x, m1, m2 Tensor, h AdamParams) error
+	// WeightNormUpdate finishes a projected step row by row. For a row with
+	// g_i != 0: V = s_i w_i / g_i - StepSize dvlow_i,
+	// g_i = (g_i - StepSize ng_i) Decay, s_i = ||V||, w_i = g_i V / s_i (a
+	// row whose V vanishes becomes a zero row). For a zero row:
+	// w_i = w_i Decay - StepSize dvlow_i and g_i = s_i = ||w_i||. w is
+	// written in its own dtype; the norms are of the values written.
+	WeightNormUpdate(w, g, s, dvlow, ng Tensor, h AdamParams) error
+	// AdamW applies plain AdamW: w = w Decay - StepSize N with the moments
+	// updated from grad (which is not modified).
+	AdamW(w, grad, m1, m2 Tensor, h AdamParams) error
+}

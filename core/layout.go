@@ -1,0 +1,147 @@
+package core
+
+// Names of state buffers. The low-rank moments reuse torch.optim.AdamW's
+// names so that users reading optimizer.state find what they expect.
+const (
+	BufExpAvg            = "exp_avg"              // M1: first moment (projected shape, or param shape for AdamW)
+	BufExpAvgSq          = "exp_avg_sq"           // M2: second moment
+	BufProjLeft          = "proj_left"            // P: m x k, orthonormal columns
+	BufProjRight         = "proj_right"           // Q: k x n, orthonormal rows
+	BufMagnitude         = "magnitude"            // g: per-row magnitude
+	BufDirectionNorm     = "direction_norm"       // s: per-row norm of the direction V
+	BufMagnitudeExpAvg   = "magnitude_exp_avg"    // a1
+	BufMagnitudeExpAvgSq = "magnitude_exp_avg_sq" // a2
+)
+
+// BufferSpec describes one state buffer the caller must allocate.
+type BufferSpec struct {
+	Name  string
+	DType DType
+	Shape Shape
+}
+
+// Bytes is the exact size of the buffer.
+func (b BufferSpec) Bytes() int { return b.Shape.Numel() * b.DType.Size() }
+
+// Side is a set of projector sides.
+type Side uint8
+
+const (
+	SideLeft  Side = 1 << iota // P: project rows' space, R = P^T dV
+	SideRight                  // Q: project columns' space, R = dV Q^T
+)
+
+// Plan is what a parameter of a given shape gets under a config: plain AdamW,
+// or weight normalisation with a rank-K projection on the chosen sides.
+type Plan struct {
+	Projected bool
+	M, N, K   int  // parameter rows, columns and the effective rank
+	Sides     Side // projector sides (projected only)
+}
+
+// PlanFor decides how a parameter is optimised. 1-D parameters, and any
+// parameter under a config with Rank 0, get plain AdamW.
+func PlanFor(shape Shape, cfg Config) Plan {
+	if cfg.Rank == 0 || len(shape) != 2 {
+		return Plan{}
+	}
+	m, n := shape[0], shape[1]
+	p := Plan{Projected: true, M: m, N: n, K: min(cfg.Rank, m, n)}
+	switch cfg.ProjType {
+	case ProjStd:
+		p.Sides = SideLeft
+		if m >= n {
+			p.Sides = SideRight
+		}
+	case ProjReverseStd:
+		p.Sides = SideRight
+		if m >= n {
+			p.Sides = SideLeft
+		}
+	case ProjLeft:
+		p.Sides = SideLeft
+	case ProjRight:
+		p.Sides = SideRight
+	case ProjFull:
+		p.Sides = SideLeft | SideRight
+	}
+	return p
+}
+
+// LowRankShape is the shape of the projected gradient R and its moments.
+func (p Plan) LowRankShape() Shape {
+	rows, cols := p.M, p.N
+	if p.Sides&SideLeft != 0 {
+		rows = p.K
+	}
+	if p.Sides&SideRight != 0 {
+		cols = p.K
+	}
+	return Shape{rows, cols}
+}
+
+// WorkspaceElems is the number of float32 scratch elements one step needs:
+// dg (m), dV (m x n, later reused for the projected-back update), R, and for
+// "full" the intermediate P^T dV (k x n).
+func (p Plan) WorkspaceElems() int {
+	if !p.Projected {
+		return 0
+	}
+	elems := p.M + p.M*p.N + p.LowRankShape().Numel()
+	if p.Sides == SideLeft|SideRight {
+		elems += p.K * p.N
+	}
+	return elems
+}
+
+// CheckParam validates a parameter's dtype and shape.
+func CheckParam(dtype DType, shape Shape) error {
+	if !dtype.IsParamDType() {
+		return Errorf(CodeDType, "unsupported parameter dtype %v (supported: float32, bfloat16, float16)", dtype)
+	}
+	if len(shape) != 1 && len(shape) != 2 {
+		return Errorf(CodeShape, "parameter must be 1-D or 2-D, got %d dimensions", len(shape))
+	}
+	for _, d := range shape {
+		if d <= 0 {
+			return Errorf(CodeShape, "parameter shape %v has an empty dimension", shape)
+		}
+	}
+	return nil
+}
+
+// Layout lists the state buffers of a parameter, in the order every step
+// expects them.
+func Layout(dtype DType, shape Shape, cfg Config) ([]BufferSpec, error) {
+	if err := CheckParam(dtype, shape); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := PlanFor(shape, cfg)
+	if !p.Projected {
+		return []BufferSpec{
+			{BufExpAvg, Float32, shape},
+			{BufExpAvgSq, Float32, shape},
+		}, nil
+	}
+	r := p.LowRankShape()
+	specs := []BufferSpec{
+		{BufExpAvg, Float32, r},
+		{BufExpAvgSq, Float32, r},
+	}
+	if p.Sides&SideLeft != 0 {
+		specs = append(specs, BufferSpec{BufProjLeft, Float32, Shape{p.M, p.K}})
+	}
+	if p.Sides&SideRight != 0 {
+		specs = append(specs, BufferSpec{BufProjRight, Float32, Shape{p.K, p.N}})
+	}
+	row := Shape{p.M}
+	return append(specs,
+		BufferSpec{BufMagnitude, Float32, row},
+		BufferSpec{BufDirectionNorm, Float32, row},
+		BufferSpec{BufMagnitudeExpAvg, Float32, row},
+		BufferSpec{BufMagnitudeExpAvgSq, Float32, row},
+	), nil
+}

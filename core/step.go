@@ -1,0 +1,199 @@
+package core
+
+// Item is one parameter's share of an optimizer step.
+type Item struct {
+	Param  Tensor   // updated in place
+	Grad   Tensor   // read only
+	State  []Tensor // in Layout order
+	Config Config
+	Step   int64 // 1-based
+}
+
+// checkState verifies that state matches the layout of param under cfg.
+func checkState(param Tensor, state []Tensor, cfg Config) error {
+	specs, err := Layout(param.DType, param.Shape, cfg)
+	if err != nil {
+		return err
+	}
+	if len(state) != len(specs) {
+		return Errorf(CodeShape, "got %d state buffers, want %d for a %v parameter under this config (query the state layout)", len(state), len(specs), param.Shape)
+	}
+	for i, spec := range specs {
+		st := state[i]
+		if st.Data == nil {
+			return Errorf(CodeNullPointer, "state buffer %d (%s) is null", i, spec.Name)
+		}
+		if st.DType != spec.DType {
+			return Errorf(CodeDType, "state buffer %d (%s) has dtype %v, want %v", i, spec.Name, st.DType, spec.DType)
+		}
+		if !st.Shape.Equal(spec.Shape) {
+			return Errorf(CodeShape, "state buffer %d (%s) has shape %v, want %v", i, spec.Name, st.Shape, spec.Shape)
+		}
+	}
+	return nil
+}
+
+// Init fills freshly allocated state for param: moments and projectors
+// zero, magnitude and direction norm set to the row norms of param.
+func Init(b Backend, param Tensor, state []Tensor, cfg Config) error {
+	if param.Data == nil {
+		return Errorf(CodeNullPointer, "parameter data is null")
+	}
+	if err := checkState(param, state, cfg); err != nil {
+		return err
+	}
+	for _, st := range state {
+		if err := b.Zero(st); err != nil {
+			return err
+		}
+	}
+	if !PlanFor(param.Shape, cfg).Projected {
+		return nil
+	}
+	bufs := namedState(param, state, cfg)
+	if err := b.RowNorms(param, bufs.magnitude); err != nil {
+		return err
+	}
+	return b.RowNorms(param, bufs.directionNorm)
+}
+
+// Validate checks everything about an item that can be checked without
+// changing it, including that the gradient is finite, and returns its plan.
+func (it *Item) Validate(b Backend) (Plan, error) {
+	if err := it.Config.Validate(); err != nil {
+		return Plan{}, err
+	}
+	if err := CheckParam(it.Param.DType, it.Param.Shape); err != nil {
+		return Plan{}, err
+	}
+	if it.Param.Data == nil {
+		return Plan{}, Errorf(CodeNullPointer, "parameter data is null")
+	}
+	if it.Grad.Data == nil {
+		return Plan{}, Errorf(CodeNullPointer, "gradient data is null")
+	}
+	if !it.Grad.Shape.Equal(it.Param.Shape) {
+		return Plan{}, Errorf(CodeShape, "gradient shape %v differs from parameter shape %v", it.Grad.Shape, it.Param.Shape)
+	}
+	if it.Grad.DType != it.Param.DType {
+		return Plan{}, Errorf(CodeDType, "gradient dtype %v differs from parameter dtype %v", it.Grad.DType, it.Param.DType)
+	}
+	if it.Step < 1 {
+		return Plan{}, Errorf(CodeInvalidArgument, "invalid step %d (steps count from 1)", it.Step)
+	}
+	if err := checkState(it.Param, it.State, it.Config); err != nil {
+		return Plan{}, err
+	}
+	finite, err := b.AllFinite(it.Grad)
+	if err != nil {
+		return Plan{}, err
+	}
+	if !finite {
+		return Plan{}, Errorf(CodeNonFinite, "gradient of the %v parameter holds NaN or Inf; step refused, nothing changed", it.Param.Shape)
+	}
+	return PlanFor(it.Param.Shape, it.Config), nil
+}
+
+// Apply performs the step of a validated item. ws is float32 scratch of at
+// least plan.WorkspaceElems() elements.
+func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
+	h := it.Config.adamParams(it.Step)
+	if !plan.Projected {
+		return b.AdamW(it.Param, it.Grad, it.State[0], it.State[1], h)
+	}
+	if ws.DType != Float32 || ws.Shape.Numel() < plan.WorkspaceElems() {
+		return Errorf(CodeInternal, "workspace of %d float32 elements is smaller than the %d needed", ws.Shape.Numel(), plan.WorkspaceElems())
+	}
+	st := namedState(it.Param, it.State, it.Config)
+	m, n, k := plan.M, plan.N, plan.K
+	dg := ws.carve(0, Shape{m})
+	dv := ws.carve(m, Shape{m, n})
+	r := ws.carve(m+m*n, plan.LowRankShape())
+	tmp := ws.carve(m+m*n+r.Shape.Numel(), Shape{k, n}) // "full" only
+
+	if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, dg, dv); err != nil {
+		return err
+	}
+	if (it.Step-1)%int64(it.Config.UpdateProjGap) == 0 {
+		if err := b.SingularVectors(dv, st.projLeft, st.projRight); err != nil {
+			return err
+		}
+	}
+	if err := project(b, plan, st, dv, r, tmp); err != nil {
+		return err
+	}
+	if err := b.AdamDirection(r, st.expAvg, st.expAvgSq, h); err != nil {
+		return err
+	}
+	// dv is dead after the projection; it receives the update projected back.
+	if err := projectBack(b, plan, st, r, float32(it.Config.Scale), dv, tmp); err != nil {
+		return err
+	}
+	if err := b.AdamDirection(dg, st.magnitudeExpAvg, st.magnitudeExpAvgSq, h); err != nil {
+		return err
+	}
+	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, dv, dg, h)
+}
+
+// Step validates and applies one item.
+func Step(b Backend, it *Item, ws Tensor) error {
+	plan, err := it.Validate(b)
+	if err != nil {
+		return err
+	}
+	return it.Apply(b, plan, ws)
+}
+
+// project computes r = P^T dv, dv Q^T or P^T dv Q^T.
+func project(b Backend, plan Plan, st state, dv, r, tmp Tensor) error {
+	switch plan.Sides {
+	case SideLeft:
+		return b.MatMul(true, st.projLeft, false, dv, 1, r)
+	case SideRight:
+		return b.MatMul(false, dv, true, st.projRight, 1, r)
+	}
+	if err := b.MatMul(true, st.projLeft, false, dv, 1, tmp); err != nil {
+		return err
+	}
+	return b.MatMul(false, tmp, true, st.projRight, 1, r)
+}
+
+// projectBack computes out = scale * (P r, r Q or P r Q).
+func projectBack(b Backend, plan Plan, st state, r Tensor, scale float32, out, tmp Tensor) error {
+	switch plan.Sides {
+	case SideLeft:
+		return b.MatMul(false, st.projLeft, false, r, scale, out)
+	case SideRight:
+		return b.MatMul(false, r, false, st.projRight, scale, out)
+	}
+	if err := b.MatMul(false, r, false, st.projRight, 1, tmp); err != nil {
+		return err
+	}
+	return b.MatMul(false, st.projLeft, false, tmp, scale, out)
+}
+
+// state names the buffers of a projected parameter.
+type state struct {
+	expAvg, expAvgSq                   Tensor
+	projLeft, projRight                Tensor // zero Tensor when the side is not projected
+	magnitude, directionNorm           Tensor
+	magnitudeExpAvg, magnitudeExpAvgSq Tensor
+}
+
+// namedState maps a checked state slice to names, following Layout's order.
+func namedState(param Tensor, bufs []Tensor, cfg Config) state {
+	plan := PlanFor(param.Shape, cfg)
+	s := state{expAvg: bufs[0], expAvgSq: bufs[1]}
+	i := 2
+	if plan.Sides&SideLeft != 0 {
+		s.projLeft = bufs[i]
+		i++
+	}
+	if plan.Sides&SideRight != 0 {
+		s.projRight = bufs[i]
+		i++
+	}
+	s.magnitude, s.directionNorm = bufs[i], bufs[i+1]
+	s.magnitudeExpAvg, s.magnitudeExpAvgSq = bufs[i+2], bufs[i+3]
+	return s
+}

@@ -1,0 +1,199 @@
+/*
+ * gradnormlorp.h — the C ABI of the GradNormLoRP optimizer.
+ *
+ * This header is the contract. The library (libgradnormlorp.so, built from
+ * capi/ with `go build -buildmode=c-shared`) implements it; Python, C and any
+ * other language call it. Plain C99, usable from C++.
+ *
+ * Model of use
+ * ------------
+ * 1. Describe the parameter as a gnlp_tensor and the hyperparameters as a
+ *    gnlp_config (start from gnlp_config_default()).
+ * 2. Ask gnlp_state_layout() which state buffers the parameter needs (name,
+ *    dtype, shape, bytes). Allocate them yourself, on the parameter's device,
+ *    in the order given: the caller owns all state, so checkpoints, memory
+ *    accounting and device moves see every byte.
+ * 3. gnlp_state_init() fills the buffers from the current parameter value.
+ * 4. Each optimizer step, call gnlp_step() per parameter or gnlp_step_batch()
+ *    for many at once, passing the 1-based step number. Hyperparameters are
+ *    read on every call, so learning-rate schedules need nothing special.
+ *
+ * Conventions
+ * -----------
+ * - Every function returning gnlp_status returns GNLP_OK on success. On
+ *   failure gnlp_last_error() gives a human-readable message for the calling
+ *   thread, and parameters and state are left untouched (a step that fails
+ *   validation, including a NaN/Inf gradient, changes nothing).
+ * - Tensors must be contiguous (row-major). Strides are checked; a
+ *   non-contiguous tensor is rejected with GNLP_ERR_NOT_CONTIGUOUS.
+ * - Matrix parameters are m x n with rows as output units (PyTorch
+ *   Linear.weight). Weight normalisation is per row.
+ * - The library keeps no state between calls besides per-thread error text.
+ *   Calls from several threads on different parameters may run at once.
+ *
+ * ABI versioning: GNLP_ABI_VERSION changes whenever a struct layout, enum
+ * value or function signature in this file changes incompatibly. Callers
+ * compare gnlp_abi_version() with the macro they were compiled against.
+ */
+#ifndef GRADNORMLORP_H
+#define GRADNORMLORP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GNLP_ABI_VERSION 1
+
+/* Longest state-buffer name, including the terminating NUL. */
+#define GNLP_NAME_MAX 32
+/* Most state buffers one parameter can need. */
+#define GNLP_MAX_STATE 16
+
+typedef enum gnlp_status {
+    GNLP_OK = 0,
+    GNLP_ERR_INVALID_ARGUMENT = 1, /* a value is out of range (lr < 0, rank < 0, ...) */
+    GNLP_ERR_NULL_POINTER = 2,     /* a required pointer is NULL */
+    GNLP_ERR_MISALIGNED = 3,       /* a data pointer is not aligned to its dtype */
+    GNLP_ERR_SHAPE = 4,            /* shapes disagree with each other or with the layout */
+    GNLP_ERR_DTYPE = 5,            /* unsupported dtype, or dtype disagrees with the layout */
+    GNLP_ERR_NOT_CONTIGUOUS = 6,   /* strides are not row-major contiguous */
+    GNLP_ERR_NONFINITE = 7,        /* the gradient holds NaN or Inf; nothing was changed */
+    GNLP_ERR_UNKNOWN_OPTION = 8,   /* unknown proj_type, optim_bits, ... */
+    GNLP_ERR_DEVICE = 9,           /* device type/index unsupported or mixed in one call */
+    GNLP_ERR_BACKEND_UNAVAILABLE = 10, /* e.g. CUDA tensor but the CUDA backend is not built */
+    GNLP_ERR_BUFFER_TOO_SMALL = 11,    /* a caller-provided array is too short */
+    GNLP_ERR_NUMERICAL = 12,       /* a factorisation failed to converge */
+    GNLP_ERR_INTERNAL = 13         /* a bug: please report it with the message */
+} gnlp_status;
+
+typedef enum gnlp_dtype {
+    GNLP_FLOAT32 = 0,
+    GNLP_BFLOAT16 = 1,
+    GNLP_FLOAT16 = 2,
+    GNLP_UINT8 = 3 /* quantised state only, never a parameter */
+} gnlp_dtype;
+
+typedef enum gnlp_device_type {
+    GNLP_DEVICE_CPU = 0, /* host memory */
+    GNLP_DEVICE_CUDA = 1 /* device memory of device_index */
+} gnlp_device_type;
+
+typedef enum gnlp_proj_type {
+    GNLP_PROJ_STD = 0,         /* project the smaller side: right if m >= n, else left */
+    GNLP_PROJ_REVERSE_STD = 1, /* the larger side: left if m >= n, else right */
+    GNLP_PROJ_RIGHT = 2,       /* R = dV Q^T, Q is r x n */
+    GNLP_PROJ_LEFT = 3,        /* R = P^T dV, P is m x r */
+    GNLP_PROJ_FULL = 4         /* R = P^T dV Q^T, core r x r */
+} gnlp_proj_type;
+
+/* A dense tensor of rank 1 or 2. Strides are in elements, row-major
+ * contiguous means strides = {shape[1], 1} (rank 2) or {1} (rank 1). */
+typedef struct gnlp_tensor {
+    void *data;
+    int32_t dtype;        /* gnlp_dtype */
+    int32_t ndim;         /* 1 or 2 */
+    int64_t shape[2];     /* shape[1] ignored when ndim == 1 */
+    int64_t strides[2];   /* strides[1] ignored when ndim == 1 */
+    int32_t device_type;  /* gnlp_device_type */
+    int32_t device_index; /* CUDA ordinal; 0 for CPU */
+} gnlp_tensor;
+
+/* Hyperparameters. Names and meanings follow torch.optim.AdamW and
+ * galore_torch.GaLoreAdamW. rank == 0 selects plain AdamW; rank > 0 projects
+ * matrices (1-D parameters are never projected). */
+typedef struct gnlp_config {
+    double lr;
+    double beta1;
+    double beta2;
+    double eps;
+    double weight_decay; /* decoupled: scales by (1 - lr * weight_decay) */
+    double scale;        /* alpha: scale of the projected-back update */
+    int32_t rank;            /* 0 = AdamW; otherwise min(rank, m, n) is used */
+    int32_t update_proj_gap; /* T: refresh the projector when (step-1) % T == 0 */
+    int32_t proj_type;       /* gnlp_proj_type */
+    int32_t correct_bias;    /* nonzero: Adam bias correction in the step size */
+    int32_t optim_bits;      /* 32 (fp32 moments); other values are rejected */
+    int32_t reserved;        /* must be 0 */
+} gnlp_config;
+
+/* One state buffer as the library wants it allocated. */
+typedef struct gnlp_buffer_spec {
+    char name[GNLP_NAME_MAX];
+    int32_t dtype;    /* gnlp_dtype */
+    int32_t ndim;     /* 1 or 2 */
+    int64_t shape[2];
+    int64_t bytes;    /* exact size in bytes */
+} gnlp_buffer_spec;
+
+/* One parameter's share of a batched step. */
+typedef struct gnlp_step_item {
+    gnlp_tensor param;        /* updated in place */
+    gnlp_tensor grad;         /* read only; same shape as param */
+    const gnlp_tensor *state; /* n_state buffers, in layout order */
+    int32_t n_state;
+    int32_t reserved;         /* must be 0 */
+    gnlp_config config;
+    int64_t step;             /* 1-based: 1 on the first step of this parameter */
+} gnlp_step_item;
+
+/* The library's own cgo build defines GNLP_TYPES_ONLY to take the types
+ * without these prototypes (cgo emits its own, without const). */
+#ifndef GNLP_TYPES_ONLY
+
+/* Library version string, e.g. "0.1.0". Static storage. */
+const char *gnlp_version(void);
+
+/* The GNLP_ABI_VERSION the library was built with. */
+int32_t gnlp_abi_version(void);
+
+/* Message of the last failed call on this thread ("" if none). Valid until
+ * the next call from this thread. */
+const char *gnlp_last_error(void);
+
+/* Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2,
+ * scale 1, rank 0, update_proj_gap 200, proj_type STD, correct_bias 1,
+ * optim_bits 32. */
+gnlp_config gnlp_config_default(void);
+
+/* Reports the state buffers `param` needs under `config`. Writes up to
+ * `capacity` specs to `specs` and the total count to `*count` (so a call with
+ * capacity 0 and specs NULL sizes the array). GNLP_ERR_BUFFER_TOO_SMALL if
+ * capacity < count. Buffer order is the order every other call expects.
+ * Only param's dtype, ndim and shape are read. */
+gnlp_status gnlp_state_layout(const gnlp_tensor *param, const gnlp_config *config,
+                              gnlp_buffer_spec *specs, int32_t capacity, int32_t *count);
+
+/* Initialises the caller-allocated state from the current parameter:
+ * magnitudes g = s = per-row norms, moments and projectors zero. */
+gnlp_status gnlp_state_init(const gnlp_tensor *param, const gnlp_tensor *state,
+                            int32_t n_state, const gnlp_config *config, void *stream);
+
+/* One optimizer step of one parameter. `stream` is a cudaStream_t for CUDA
+ * tensors (NULL = default stream) and ignored on the CPU. */
+gnlp_status gnlp_step(const gnlp_tensor *param, const gnlp_tensor *grad,
+                      const gnlp_tensor *state, int32_t n_state,
+                      const gnlp_config *config, int64_t step, void *stream);
+
+/* Steps many parameters in one call. All items are validated (including
+ * gradient finiteness) before any is changed: on error nothing is changed.
+ * On the CPU the items are processed in parallel across cores. */
+gnlp_status gnlp_step_batch(const gnlp_step_item *items, int32_t n_items, void *stream);
+
+/* Bytes of scratch memory one step of `param` uses besides its state
+ * (weight-norm gradients, the projected gradient, the update projected
+ * back). On the CPU the library allocates it from a reusable pool, one
+ * workspace per parameter stepped concurrently; the projector refresh also
+ * takes a transient float64 copy of the matrix for the SVD. */
+gnlp_status gnlp_workspace_size(const gnlp_tensor *param, const gnlp_config *config,
+                                int64_t *bytes);
+
+#endif /* GNLP_TYPES_ONLY */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRADNORMLORP_H */
