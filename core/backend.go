@@ -10,6 +10,18 @@ type AdamParams struct {
 	Decay             float32
 }
 
+// Moments are Adam's first and second moments in one of two formats:
+// float32 tensors (Absmax1, Absmax2 zero), or blockwise 8-bit codes (uint8,
+// quant.Signed for M1 and quant.Unsigned for M2) with one float32 absmax per
+// quant.BlockSize values.
+type Moments struct {
+	M1, M2           Tensor
+	Absmax1, Absmax2 Tensor
+}
+
+// Quantized reports whether the moments are 8-bit.
+func (m Moments) Quantized() bool { return m.M1.DType == Uint8 }
+
 // Backend performs the numerical primitives of a step on one kind of
 // memory. It knows nothing of the schedule: core decides what runs when.
 // Parameters and gradients are float32, bfloat16 or float16; everything
@@ -35,9 +47,10 @@ type Backend interface {
 	SingularVectors(a, left, right Tensor) error
 	// MatMul computes c = alpha * op(a) * op(b), op transposing when asked.
 	MatMul(transA bool, a Tensor, transB bool, b Tensor, alpha float32, c Tensor) error
-	// AdamDirection updates the moments m1, m2 from x and overwrites x
-	// with the Adam direction m1 / (sqrt(m2) + eps).
-	AdamDirection(x, m1, m2 Tensor, h AdamParams) error
+	// AdamDirection updates the moments from x and overwrites x with the
+	// Adam direction m1 / (sqrt(m2) + eps), computed from the updated
+	// moments before they are (re)quantised.
+	AdamDirection(x Tensor, mom Moments, h AdamParams) error
 	// WeightNormUpdate finishes a projected step row by row. For a row with
 	// g_i != 0: V = s_i w_i / g_i - StepSize dvlow_i,
 	// g_i = (g_i - StepSize ng_i) Decay, s_i = ||V||, w_i = g_i V / s_i (a
@@ -47,5 +60,5 @@ type Backend interface {
 	WeightNormUpdate(w, g, s, dvlow, ng Tensor, h AdamParams) error
 	// AdamW applies plain AdamW: w = w Decay - StepSize N with the moments
 	// updated from grad (which is not modified).
-	AdamW(w, grad, m1, m2 Tensor, h AdamParams) error
+	AdamW(w, grad Tensor, mom Moments, h AdamParams) error
 }

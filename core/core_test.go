@@ -234,3 +234,27 @@ func TestValidateRejectsMismatchedState(t *testing.T) {
 	_, err = bad.Validate(cpu.Backend{})
 	assert.Equal(t, core.CodeInvalidArgument, core.CodeOf(err))
 }
+
+func TestLayout8BitQuantizesOnlyLargeMoments(t *testing.T) {
+	cfg := projected(64, core.ProjStd)
+	cfg.OptimBits = 8
+	specs, err := core.Layout(core.BFloat16, core.Shape{256, 128}, cfg) // R: 256 x 64
+	require.NoError(t, err)
+	names := []string{}
+	for _, s := range specs {
+		names = append(names, s.Name)
+	}
+	assert.Equal(t, []string{"exp_avg", "exp_avg_absmax", "exp_avg_sq", "exp_avg_sq_absmax", "proj_right",
+		"magnitude", "direction_norm", "magnitude_exp_avg", "magnitude_exp_avg_sq"}, names)
+	assert.Equal(t, core.Uint8, specs[0].DType)
+	assert.Equal(t, 256*64, specs[0].Bytes())
+	assert.Equal(t, core.Shape{256 * 64 / 256}, specs[1].Shape)
+
+	small, err := core.Layout(core.Float32, core.Shape{100}, cfg) // AdamW, < 4096 elements
+	require.NoError(t, err)
+	assert.Equal(t, core.Float32, small[0].DType)
+	big, err := core.Layout(core.Float32, core.Shape{5000}, cfg)
+	require.NoError(t, err)
+	assert.Len(t, big, 4)
+	assert.Equal(t, core.Shape{20}, big[1].Shape, "ceil(5000/256) blocks")
+}

@@ -1,10 +1,14 @@
 package core
 
+import "github.com/gradnormlorp/gradnormlorp/core/quant"
+
 // Names of state buffers. The low-rank moments reuse torch.optim.AdamW's
 // names so that users reading optimizer.state find what they expect.
 const (
 	BufExpAvg            = "exp_avg"              // M1: first moment (projected shape, or param shape for AdamW)
 	BufExpAvgSq          = "exp_avg_sq"           // M2: second moment
+	BufExpAvgAbsmax      = "exp_avg_absmax"       // 8-bit M1: per-block absmax
+	BufExpAvgSqAbsmax    = "exp_avg_sq_absmax"    // 8-bit M2: per-block absmax
 	BufProjLeft          = "proj_left"            // P: m x k, orthonormal columns
 	BufProjRight         = "proj_right"           // Q: k x n, orthonormal rows
 	BufMagnitude         = "magnitude"            // g: per-row magnitude
@@ -110,6 +114,21 @@ func CheckParam(dtype DType, shape Shape) error {
 	return nil
 }
 
+// momentSpecs lays out Adam moments of the given shape: float32, or with
+// optim_bits 8 and at least quant.MinQuantizedElems elements, 8-bit codes
+// with per-block absmax.
+func momentSpecs(shape Shape, bits int) []BufferSpec {
+	n := shape.Numel()
+	if bits != 8 || n < quant.MinQuantizedElems {
+		return []BufferSpec{{BufExpAvg, Float32, shape}, {BufExpAvgSq, Float32, shape}}
+	}
+	blocks := Shape{quant.Blocks(n)}
+	return []BufferSpec{
+		{BufExpAvg, Uint8, shape}, {BufExpAvgAbsmax, Float32, blocks},
+		{BufExpAvgSq, Uint8, shape}, {BufExpAvgSqAbsmax, Float32, blocks},
+	}
+}
+
 // Layout lists the state buffers of a parameter, in the order every step
 // expects them.
 func Layout(dtype DType, shape Shape, cfg Config) ([]BufferSpec, error) {
@@ -121,16 +140,9 @@ func Layout(dtype DType, shape Shape, cfg Config) ([]BufferSpec, error) {
 	}
 	p := PlanFor(shape, cfg)
 	if !p.Projected {
-		return []BufferSpec{
-			{BufExpAvg, Float32, shape},
-			{BufExpAvgSq, Float32, shape},
-		}, nil
+		return momentSpecs(shape, cfg.OptimBits), nil
 	}
-	r := p.LowRankShape()
-	specs := []BufferSpec{
-		{BufExpAvg, Float32, r},
-		{BufExpAvgSq, Float32, r},
-	}
+	specs := momentSpecs(p.LowRankShape(), cfg.OptimBits)
 	if p.Sides&SideLeft != 0 {
 		specs = append(specs, BufferSpec{BufProjLeft, Float32, Shape{p.M, p.K}})
 	}

@@ -98,13 +98,13 @@ func (it *Item) Validate(b Backend) (Plan, error) {
 // least plan.WorkspaceElems() elements.
 func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 	h := it.Config.adamParams(it.Step)
+	st := namedState(it.Param, it.State, it.Config)
 	if !plan.Projected {
-		return b.AdamW(it.Param, it.Grad, it.State[0], it.State[1], h)
+		return b.AdamW(it.Param, it.Grad, st.moments, h)
 	}
 	if ws.DType != Float32 || ws.Shape.Numel() < plan.WorkspaceElems() {
 		return Errorf(CodeInternal, "workspace of %d float32 elements is smaller than the %d needed", ws.Shape.Numel(), plan.WorkspaceElems())
 	}
-	st := namedState(it.Param, it.State, it.Config)
 	m, n, k := plan.M, plan.N, plan.K
 	dg := ws.carve(0, Shape{m})
 	dv := ws.carve(m, Shape{m, n})
@@ -122,14 +122,14 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 	if err := project(b, plan, st, dv, r, tmp); err != nil {
 		return err
 	}
-	if err := b.AdamDirection(r, st.expAvg, st.expAvgSq, h); err != nil {
+	if err := b.AdamDirection(r, st.moments, h); err != nil {
 		return err
 	}
 	// dv is dead after the projection; it receives the update projected back.
 	if err := projectBack(b, plan, st, r, float32(it.Config.Scale), dv, tmp); err != nil {
 		return err
 	}
-	if err := b.AdamDirection(dg, st.magnitudeExpAvg, st.magnitudeExpAvgSq, h); err != nil {
+	if err := b.AdamDirection(dg, st.magnitudeMoments, h); err != nil {
 		return err
 	}
 	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, dv, dg, h)
@@ -172,28 +172,42 @@ func projectBack(b Backend, plan Plan, st state, r Tensor, scale float32, out, t
 	return b.MatMul(false, st.projLeft, false, tmp, scale, out)
 }
 
-// state names the buffers of a projected parameter.
+// state names the buffers of a parameter.
 type state struct {
-	expAvg, expAvgSq                   Tensor
-	projLeft, projRight                Tensor // zero Tensor when the side is not projected
-	magnitude, directionNorm           Tensor
-	magnitudeExpAvg, magnitudeExpAvgSq Tensor
+	moments                  Moments
+	projLeft, projRight      Tensor // zero Tensor when the side is not projected
+	magnitude, directionNorm Tensor
+	magnitudeMoments         Moments
 }
 
-// namedState maps a checked state slice to names, following Layout's order.
+// namedState maps a checked state slice to names, following Layout.
 func namedState(param Tensor, bufs []Tensor, cfg Config) state {
-	plan := PlanFor(param.Shape, cfg)
-	s := state{expAvg: bufs[0], expAvgSq: bufs[1]}
-	i := 2
-	if plan.Sides&SideLeft != 0 {
-		s.projLeft = bufs[i]
-		i++
+	specs, _ := Layout(param.DType, param.Shape, cfg) // checked by the caller
+	var s state
+	for i, spec := range specs {
+		t := bufs[i]
+		switch spec.Name {
+		case BufExpAvg:
+			s.moments.M1 = t
+		case BufExpAvgAbsmax:
+			s.moments.Absmax1 = t
+		case BufExpAvgSq:
+			s.moments.M2 = t
+		case BufExpAvgSqAbsmax:
+			s.moments.Absmax2 = t
+		case BufProjLeft:
+			s.projLeft = t
+		case BufProjRight:
+			s.projRight = t
+		case BufMagnitude:
+			s.magnitude = t
+		case BufDirectionNorm:
+			s.directionNorm = t
+		case BufMagnitudeExpAvg:
+			s.magnitudeMoments.M1 = t
+		case BufMagnitudeExpAvgSq:
+			s.magnitudeMoments.M2 = t
+		}
 	}
-	if plan.Sides&SideRight != 0 {
-		s.projRight = bufs[i]
-		i++
-	}
-	s.magnitude, s.directionNorm = bufs[i], bufs[i+1]
-	s.magnitudeExpAvg, s.magnitudeExpAvgSq = bufs[i+2], bufs[i+3]
 	return s
 }

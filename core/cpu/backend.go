@@ -111,39 +111,30 @@ func (Backend) WeightNormUpdate(w, g, s, dvlow, ng core.Tensor, h core.AdamParam
 	return nil
 }
 
-// AdamDirection updates m1, m2 from x and overwrites x with the direction.
-func (Backend) AdamDirection(x, m1, m2 core.Tensor, h core.AdamParams) error {
-	xs, a, b := f32(x), f32(m1), f32(m2)
-	parallelRows(len(xs), 1, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			xs[i] = adam(xs[i], &a[i], &b[i], h)
+// AdamDirection updates the moments from x and overwrites x with the
+// direction.
+func (Backend) AdamDirection(x core.Tensor, mom core.Moments, h core.AdamParams) error {
+	xs := f32(x)
+	forMomentBlocks(mom, len(xs), func(lo int, m1, m2 []float32, _ *blockScratch) {
+		for i := range m1 {
+			xs[lo+i] = adam(xs[lo+i], &m1[i], &m2[i], h)
 		}
 	})
 	return nil
 }
 
 // AdamW applies plain AdamW to w (see core.Backend).
-func (Backend) AdamW(w, grad, m1, m2 core.Tensor, h core.AdamParams) error {
-	if len(w.Shape) == 1 { // one row, not n rows of one element
-		w.Shape, grad.Shape = core.Shape{1, w.Shape[0]}, core.Shape{1, w.Shape[0]}
-	}
+func (Backend) AdamW(w, grad core.Tensor, mom core.Moments, h core.AdamParams) error {
 	ws, gs := rowsOf(w), rowsOf(grad)
-	a, b := f32(m1), f32(m2)
-	cols := w.Cols()
-	parallelRows(w.Rows(), cols, func(lo, hi int) {
-		wbuf, gbuf := make([]float32, cols), make([]float32, cols)
-		for i := lo; i < hi; i++ {
-			wr, gr := ws.load(i, wbuf), gs.load(i, gbuf)
-			if ws.dtype == core.Float32 {
-				wr = append(wbuf[:0], wr...)
-			}
-			off := i * cols
-			for j, gv := range gr {
-				n := adam(gv, &a[off+j], &b[off+j], h)
-				wr[j] = wr[j]*h.Decay - h.StepSize*n
-			}
-			ws.store(i, wr)
+	forMomentBlocks(mom, w.Shape.Numel(), func(lo int, m1, m2 []float32, buf *blockScratch) {
+		hi := lo + len(m1)
+		wr := append(buf.a[:0], ws.loadRange(lo, hi, buf.a)...) // a copy: storeRange writes back
+		gr := gs.loadRange(lo, hi, buf.b)
+		for i, g := range gr {
+			n := adam(g, &m1[i], &m2[i], h)
+			wr[i] = wr[i]*h.Decay - h.StepSize*n
 		}
+		ws.storeRange(lo, wr)
 	})
 	return nil
 }

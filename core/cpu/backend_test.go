@@ -101,7 +101,7 @@ func TestAdamMatchesClosedForm(t *testing.T) {
 	h := core.AdamParams{Beta1: 0.9, Beta2: 0.99, Eps: 1e-8}
 	x := []float32{2, -1}
 	m1, m2 := make([]float32, 2), make([]float32, 2)
-	require.NoError(t, b.AdamDirection(tensor(x, 2), tensor(m1, 2), tensor(m2, 2), h))
+	require.NoError(t, b.AdamDirection(tensor(x, 2), core.Moments{M1: tensor(m1, 2), M2: tensor(m2, 2)}, h))
 	// First step: m1 = 0.1 x, m2 = 0.01 x^2, direction = 0.1x / (0.1|x| + eps).
 	assert.InDeltaSlice(t, []float32{0.2, -0.1}, m1, 1e-7)
 	assert.InDeltaSlice(t, []float32{0.04, 0.01}, m2, 1e-7)
@@ -115,7 +115,7 @@ func TestAdamWDecaysThenSteps(t *testing.T) {
 		grad32 := []float32{1, -1}
 		w, grad := storeAs(dt, w32), storeAs(dt, grad32)
 		m1, m2 := make([]float32, 2), make([]float32, 2)
-		require.NoError(t, b.AdamW(w, grad, tensor(m1, 2), tensor(m2, 2), h))
+		require.NoError(t, b.AdamW(w, grad, core.Moments{M1: tensor(m1, 2), M2: tensor(m2, 2)}, h))
 		w.Shape = core.Shape{1, 2}
 		got := rowsOf(w).load(0, make([]float32, 2))
 		// Uncorrected first step: N = 0.1 g / sqrt(0.001 g^2) = sqrt(10) sign(g).

@@ -36,7 +36,17 @@ func rowsOf(t core.Tensor) rows {
 // load returns row i as float32: the row itself for float32 tensors,
 // otherwise its values converted into buf (of length cols).
 func (r rows) load(i int, buf []float32) []float32 {
-	lo, hi := i*r.cols, (i+1)*r.cols
+	return r.loadRange(i*r.cols, (i+1)*r.cols, buf)
+}
+
+// store writes src into row i (see storeRange).
+func (r rows) store(i int, src []float32) []float32 {
+	return r.storeRange(i*r.cols, src)
+}
+
+// loadRange returns elements [lo, hi) as float32, converted into buf
+// unless the tensor is float32.
+func (r rows) loadRange(lo, hi int, buf []float32) []float32 {
 	switch r.dtype {
 	case core.Float32:
 		return r.f32[lo:hi]
@@ -49,13 +59,13 @@ func (r rows) load(i int, buf []float32) []float32 {
 			buf[j] = float16.Frombits(h).Float32()
 		}
 	}
-	return buf
+	return buf[:hi-lo]
 }
 
-// store writes src into row i, rounding to nearest even for 16-bit dtypes,
-// and returns the row as stored (rounded) in float32.
-func (r rows) store(i int, src []float32) []float32 {
-	lo, hi := i*r.cols, (i+1)*r.cols
+// storeRange writes src at element lo, rounding to nearest even for 16-bit
+// dtypes, and returns the values as stored (rounded) in float32.
+func (r rows) storeRange(lo int, src []float32) []float32 {
+	hi := lo + len(src)
 	switch r.dtype {
 	case core.Float32:
 		dst := r.f32[lo:hi]
