@@ -1,5 +1,7 @@
 package core
 
+import "github.com/gradnormlorp/gradnormlorp/core/quant"
+
 // AdamParams are the per-step scalars of the Adam form used everywhere:
 // m1 = b1 m1 + (1-b1) x, m2 = b2 m2 + (1-b2) x^2, N = m1 / (sqrt(m2) + eps),
 // with the bias correction folded into StepSize and the decoupled weight
@@ -11,16 +13,31 @@ type AdamParams struct {
 }
 
 // Moments are Adam's first and second moments in one of two formats:
-// float32 tensors (Absmax1, Absmax2 zero), or blockwise 8-bit codes (uint8,
-// quant.Signed for M1 and quant.Unsigned for M2) with one float32 absmax per
-// quant.BlockSize values.
+// float32 tensors (Bits 0 or 32, Absmax1 and Absmax2 zero), or blockwise codes of
+// Bits 8 or 4 (uint8 storage; the signed code for M1, the unsigned one for
+// M2, see package quant) with one float32 absmax per quant.BlockSize values.
 type Moments struct {
 	M1, M2           Tensor
 	Absmax1, Absmax2 Tensor
+	Bits             int
 }
 
-// Quantized reports whether the moments are 8-bit.
-func (m Moments) Quantized() bool { return m.M1.DType == Uint8 }
+// Quantized reports whether the moments are stored as codes.
+func (m Moments) Quantized() bool { return m.Bits > 0 && m.Bits < 32 }
+
+// Formats are the quantisation formats of M1 and M2 (quantised moments only).
+func (m Moments) Formats() (quant.Format, quant.Format) {
+	return quant.Format{Bits: m.Bits, Signed: true}, quant.Format{Bits: m.Bits, Signed: false}
+}
+
+// Packed is a float tensor of Shape stored as blockwise codes of Format
+// (uint8 Codes, float32 Absmax per quant.BlockSize values): the storage of
+// low-bit projectors.
+type Packed struct {
+	Codes, Absmax Tensor
+	Format        quant.Format
+	Shape         Shape
+}
 
 // Backend performs the numerical primitives of a step on one kind of
 // memory. It knows nothing of the schedule: core decides what runs when.
@@ -58,6 +75,10 @@ type Backend interface {
 	// w_i = w_i Decay - StepSize dvlow_i and g_i = s_i = ||w_i||. w is
 	// written in its own dtype; the norms are of the values written.
 	WeightNormUpdate(w, g, s, dvlow, ng Tensor, h AdamParams) error
+	// Encode quantises src (float32, of dst.Shape) into dst.
+	Encode(src Tensor, dst Packed) error
+	// Decode expands src into dst (float32, of src.Shape).
+	Decode(src Packed, dst Tensor) error
 	// AdamW applies plain AdamW: w = w Decay - StepSize N with the moments
 	// updated from grad (which is not modified).
 	AdamW(w, grad Tensor, mom Moments, h AdamParams) error

@@ -91,8 +91,8 @@ func (c Config) Validate() error {
 	if c.ProjType < ProjStd || c.ProjType > ProjFull {
 		return Errorf(CodeUnknownOption, "unknown proj_type %d (want 0..4: std, reverse_std, right, left, full)", int32(c.ProjType))
 	}
-	if c.OptimBits != 32 && c.OptimBits != 8 {
-		return Errorf(CodeUnknownOption, "unsupported optim_bits %d (supported: 32, 8)", c.OptimBits)
+	if c.OptimBits != 32 && c.OptimBits != 8 && c.OptimBits != 4 {
+		return Errorf(CodeUnknownOption, "unsupported optim_bits %d (supported: 32, 8, 4)", c.OptimBits)
 	}
 	return nil
 }

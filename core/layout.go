@@ -11,6 +11,8 @@ const (
 	BufExpAvgSqAbsmax    = "exp_avg_sq_absmax"    // 8-bit M2: per-block absmax
 	BufProjLeft          = "proj_left"            // P: m x k, orthonormal columns
 	BufProjRight         = "proj_right"           // Q: k x n, orthonormal rows
+	BufProjLeftAbsmax    = "proj_left_absmax"     // low-bit P: per-block absmax
+	BufProjRightAbsmax   = "proj_right_absmax"    // low-bit Q: per-block absmax
 	BufMagnitude         = "magnitude"            // g: per-row magnitude
 	BufDirectionNorm     = "direction_norm"       // s: per-row norm of the direction V
 	BufMagnitudeExpAvg   = "magnitude_exp_avg"    // a1
@@ -41,16 +43,21 @@ type Plan struct {
 	Projected bool
 	M, N, K   int  // parameter rows, columns and the effective rank
 	Sides     Side // projector sides (projected only)
+	Bits      int  // optim_bits: 32, or the width of quantised state
 }
+
+// quantized reports whether a state tensor of n elements is stored as codes:
+// under low-bit configs, all but small tensors.
+func (p Plan) quantized(n int) bool { return p.Bits < 32 && n >= quant.MinQuantizedElems }
 
 // PlanFor decides how a parameter is optimised. 1-D parameters, and any
 // parameter under a config with Rank 0, get plain AdamW.
 func PlanFor(shape Shape, cfg Config) Plan {
 	if cfg.Rank == 0 || len(shape) != 2 {
-		return Plan{}
+		return Plan{Bits: cfg.OptimBits}
 	}
 	m, n := shape[0], shape[1]
-	p := Plan{Projected: true, M: m, N: n, K: min(cfg.Rank, m, n)}
+	p := Plan{Projected: true, M: m, N: n, K: min(cfg.Rank, m, n), Bits: cfg.OptimBits}
 	switch cfg.ProjType {
 	case ProjStd:
 		p.Sides = SideLeft
@@ -84,9 +91,14 @@ func (p Plan) LowRankShape() Shape {
 	return Shape{rows, cols}
 }
 
+// LeftShape and RightShape are the shapes of the projectors P and Q.
+func (p Plan) LeftShape() Shape  { return Shape{p.M, p.K} }
+func (p Plan) RightShape() Shape { return Shape{p.K, p.N} }
+
 // WorkspaceElems is the number of float32 scratch elements one step needs:
-// dg (m), dV (m x n, later reused for the projected-back update), R, and for
-// "full" the intermediate P^T dV (k x n).
+// dg (m), dV (m x n, later reused for the projected-back update), R, for
+// "full" the intermediate P^T dV (k x n), and a float32 copy of each
+// quantised projector.
 func (p Plan) WorkspaceElems() int {
 	if !p.Projected {
 		return 0
@@ -95,7 +107,24 @@ func (p Plan) WorkspaceElems() int {
 	if p.Sides == SideLeft|SideRight {
 		elems += p.K * p.N
 	}
+	for _, s := range p.projectorShapes() {
+		if p.quantized(s.Numel()) {
+			elems += s.Numel()
+		}
+	}
 	return elems
+}
+
+// projectorShapes lists the shapes of the projectors the plan stores.
+func (p Plan) projectorShapes() []Shape {
+	var shapes []Shape
+	if p.Sides&SideLeft != 0 {
+		shapes = append(shapes, p.LeftShape())
+	}
+	if p.Sides&SideRight != 0 {
+		shapes = append(shapes, p.RightShape())
+	}
+	return shapes
 }
 
 // CheckParam validates a parameter's dtype and shape.
@@ -114,19 +143,25 @@ func CheckParam(dtype DType, shape Shape) error {
 	return nil
 }
 
-// momentSpecs lays out Adam moments of the given shape: float32, or with
-// optim_bits 8 and at least quant.MinQuantizedElems elements, 8-bit codes
-// with per-block absmax.
-func momentSpecs(shape Shape, bits int) []BufferSpec {
+// momentSpecs lays out Adam moments of the given shape.
+func (p Plan) momentSpecs(shape Shape) []BufferSpec {
+	return append(p.storedSpecs(BufExpAvg, BufExpAvgAbsmax, shape),
+		p.storedSpecs(BufExpAvgSq, BufExpAvgSqAbsmax, shape)...)
+}
+
+// storedSpecs lays out one float state tensor: float32, or codes plus
+// per-block absmax when quantised. 8-bit codes keep the tensor's shape; 4-bit
+// codes are packed two to a byte into a flat buffer.
+func (p Plan) storedSpecs(name, absmaxName string, shape Shape) []BufferSpec {
 	n := shape.Numel()
-	if bits != 8 || n < quant.MinQuantizedElems {
-		return []BufferSpec{{BufExpAvg, Float32, shape}, {BufExpAvgSq, Float32, shape}}
+	if !p.quantized(n) {
+		return []BufferSpec{{name, Float32, shape}}
 	}
-	blocks := Shape{quant.Blocks(n)}
-	return []BufferSpec{
-		{BufExpAvg, Uint8, shape}, {BufExpAvgAbsmax, Float32, blocks},
-		{BufExpAvgSq, Uint8, shape}, {BufExpAvgSqAbsmax, Float32, blocks},
+	codes := shape
+	if p.Bits != 8 {
+		codes = Shape{quant.Format{Bits: p.Bits}.Bytes(n)}
 	}
+	return []BufferSpec{{name, Uint8, codes}, {absmaxName, Float32, Shape{quant.Blocks(n)}}}
 }
 
 // Layout lists the state buffers of a parameter, in the order every step
@@ -140,14 +175,14 @@ func Layout(dtype DType, shape Shape, cfg Config) ([]BufferSpec, error) {
 	}
 	p := PlanFor(shape, cfg)
 	if !p.Projected {
-		return momentSpecs(shape, cfg.OptimBits), nil
+		return p.momentSpecs(shape), nil
 	}
-	specs := momentSpecs(p.LowRankShape(), cfg.OptimBits)
+	specs := p.momentSpecs(p.LowRankShape())
 	if p.Sides&SideLeft != 0 {
-		specs = append(specs, BufferSpec{BufProjLeft, Float32, Shape{p.M, p.K}})
+		specs = append(specs, p.storedSpecs(BufProjLeft, BufProjLeftAbsmax, p.LeftShape())...)
 	}
 	if p.Sides&SideRight != 0 {
-		specs = append(specs, BufferSpec{BufProjRight, Float32, Shape{p.K, p.N}})
+		specs = append(specs, p.storedSpecs(BufProjRight, BufProjRightAbsmax, p.RightShape())...)
 	}
 	row := Shape{p.M}
 	return append(specs,

@@ -1,5 +1,7 @@
 package core
 
+import "github.com/gradnormlorp/gradnormlorp/core/quant"
+
 // Item is one parameter's share of an optimizer step.
 type Item struct {
 	Param  Tensor   // updated in place
@@ -105,18 +107,44 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 	if ws.DType != Float32 || ws.Shape.Numel() < plan.WorkspaceElems() {
 		return Errorf(CodeInternal, "workspace of %d float32 elements is smaller than the %d needed", ws.Shape.Numel(), plan.WorkspaceElems())
 	}
-	m, n, k := plan.M, plan.N, plan.K
-	dg := ws.carve(0, Shape{m})
-	dv := ws.carve(m, Shape{m, n})
-	r := ws.carve(m+m*n, plan.LowRankShape())
-	tmp := ws.carve(m+m*n+r.Shape.Numel(), Shape{k, n}) // "full" only
+	scratch := arena{ws: ws}
+	dg := scratch.take(Shape{plan.M})
+	dv := scratch.take(Shape{plan.M, plan.N})
+	r := scratch.take(plan.LowRankShape())
+	var tmp Tensor // P^T dV or N Q, for "full" only
+	if plan.Sides == SideLeft|SideRight {
+		tmp = scratch.take(Shape{plan.K, plan.N})
+	}
+	// Quantised projectors are decoded into workspace; float32 ones are used
+	// in place.
+	for _, p := range []*projector{&st.left, &st.right} {
+		if p.packed.Codes.Data != nil {
+			p.view = scratch.take(p.packed.Shape)
+		}
+	}
 
 	if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, dg, dv); err != nil {
 		return err
 	}
 	if (it.Step-1)%int64(it.Config.UpdateProjGap) == 0 {
-		if err := b.SingularVectors(dv, st.projLeft, st.projRight); err != nil {
+		if err := b.SingularVectors(dv, st.left.view, st.right.view); err != nil {
 			return err
+		}
+		for _, p := range []projector{st.left, st.right} {
+			if p.packed.Codes.Data != nil {
+				if err := b.Encode(p.view, p.packed); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	// Decode on every step, the refresh included, so all steps use the
+	// projector exactly as stored.
+	for _, p := range []projector{st.left, st.right} {
+		if p.packed.Codes.Data != nil {
+			if err := b.Decode(p.packed, p.view); err != nil {
+				return err
+			}
 		}
 	}
 	if err := project(b, plan, st, dv, r, tmp); err != nil {
@@ -148,47 +176,72 @@ func Step(b Backend, it *Item, ws Tensor) error {
 func project(b Backend, plan Plan, st state, dv, r, tmp Tensor) error {
 	switch plan.Sides {
 	case SideLeft:
-		return b.MatMul(true, st.projLeft, false, dv, 1, r)
+		return b.MatMul(true, st.left.view, false, dv, 1, r)
 	case SideRight:
-		return b.MatMul(false, dv, true, st.projRight, 1, r)
+		return b.MatMul(false, dv, true, st.right.view, 1, r)
 	}
-	if err := b.MatMul(true, st.projLeft, false, dv, 1, tmp); err != nil {
+	if err := b.MatMul(true, st.left.view, false, dv, 1, tmp); err != nil {
 		return err
 	}
-	return b.MatMul(false, tmp, true, st.projRight, 1, r)
+	return b.MatMul(false, tmp, true, st.right.view, 1, r)
 }
 
 // projectBack computes out = scale * (P r, r Q or P r Q).
 func projectBack(b Backend, plan Plan, st state, r Tensor, scale float32, out, tmp Tensor) error {
 	switch plan.Sides {
 	case SideLeft:
-		return b.MatMul(false, st.projLeft, false, r, scale, out)
+		return b.MatMul(false, st.left.view, false, r, scale, out)
 	case SideRight:
-		return b.MatMul(false, r, false, st.projRight, scale, out)
+		return b.MatMul(false, r, false, st.right.view, scale, out)
 	}
-	if err := b.MatMul(false, r, false, st.projRight, 1, tmp); err != nil {
+	if err := b.MatMul(false, r, false, st.right.view, 1, tmp); err != nil {
 		return err
 	}
-	return b.MatMul(false, st.projLeft, false, tmp, scale, out)
+	return b.MatMul(false, st.left.view, false, tmp, scale, out)
+}
+
+// arena hands out consecutive regions of a float32 workspace.
+type arena struct {
+	ws  Tensor
+	off int
+}
+
+func (a *arena) take(shape Shape) Tensor {
+	t := a.ws.carve(a.off, shape)
+	a.off += shape.Numel()
+	return t
+}
+
+// projector is one side's projector: view is its float32 values (the state
+// buffer itself, or workspace holding the decoded codes when packed is set).
+// Both are zero when the side is not projected.
+type projector struct {
+	view   Tensor
+	packed Packed
 }
 
 // state names the buffers of a parameter.
 type state struct {
 	moments                  Moments
-	projLeft, projRight      Tensor // zero Tensor when the side is not projected
+	left, right              projector
 	magnitude, directionNorm Tensor
 	magnitudeMoments         Moments
 }
 
 // namedState maps a checked state slice to names, following Layout.
 func namedState(param Tensor, bufs []Tensor, cfg Config) state {
+	plan := PlanFor(param.Shape, cfg)
 	specs, _ := Layout(param.DType, param.Shape, cfg) // checked by the caller
 	var s state
+	signed := quant.Format{Bits: plan.Bits, Signed: true}
 	for i, spec := range specs {
 		t := bufs[i]
 		switch spec.Name {
 		case BufExpAvg:
 			s.moments.M1 = t
+			if t.DType == Uint8 {
+				s.moments.Bits = plan.Bits
+			}
 		case BufExpAvgAbsmax:
 			s.moments.Absmax1 = t
 		case BufExpAvgSq:
@@ -196,9 +249,13 @@ func namedState(param Tensor, bufs []Tensor, cfg Config) state {
 		case BufExpAvgSqAbsmax:
 			s.moments.Absmax2 = t
 		case BufProjLeft:
-			s.projLeft = t
+			s.left = storedProjector(t, plan.LeftShape(), signed)
+		case BufProjLeftAbsmax:
+			s.left.packed.Absmax = t
 		case BufProjRight:
-			s.projRight = t
+			s.right = storedProjector(t, plan.RightShape(), signed)
+		case BufProjRightAbsmax:
+			s.right.packed.Absmax = t
 		case BufMagnitude:
 			s.magnitude = t
 		case BufDirectionNorm:
@@ -210,4 +267,13 @@ func namedState(param Tensor, bufs []Tensor, cfg Config) state {
 		}
 	}
 	return s
+}
+
+// storedProjector wraps a projector's state buffer: float32 values, or codes
+// whose absmax buffer follows it in the layout.
+func storedProjector(t Tensor, shape Shape, f quant.Format) projector {
+	if t.DType == Float32 {
+		return projector{view: t}
+	}
+	return projector{packed: Packed{Codes: t, Format: f, Shape: shape}}
 }

@@ -104,8 +104,9 @@ func (t Tensor) Cols() int {
 // Bytes is the size of the tensor's data.
 func (t Tensor) Bytes() int { return t.Shape.Numel() * t.DType.Size() }
 
-// Slice returns the sub-tensor of `elems` float32 elements at element offset
-// `off` of t, reshaped to shape. Used to carve scratch out of a workspace.
+// carve returns the region of t at element offset off with the given shape.
+// The region must be non-empty and inside t: a pointer past the end of Go
+// memory would be invalid.
 func (t Tensor) carve(off int, shape Shape) Tensor {
 	return Tensor{
 		Data:  unsafe.Add(t.Data, off*t.DType.Size()),

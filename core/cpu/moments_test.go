@@ -23,10 +23,10 @@ func TestQuantizedAdamTracksFloatAdam(t *testing.T) {
 	q1, q2 := make([]uint8, n), make([]uint8, n)
 	blocks := quant.Blocks(n)
 	a1, a2 := make([]float32, blocks), make([]float32, blocks)
-	fmom := core.Moments{M1: tensor(f1, n), M2: tensor(f2, n)}
+	fmom := core.Moments{M1: tensor(f1, n), M2: tensor(f2, n), Bits: 32}
 	qmom := core.Moments{
 		M1: bytesTensor(q1), M2: bytesTensor(q2),
-		Absmax1: tensor(a1, blocks), Absmax2: tensor(a2, blocks),
+		Absmax1: tensor(a1, blocks), Absmax2: tensor(a2, blocks), Bits: 8,
 	}
 	require.True(t, qmom.Quantized())
 	scale := randn(rng, n)

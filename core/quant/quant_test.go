@@ -9,50 +9,61 @@ import (
 	"github.com/stretchr/testify/assert"
 )
 
+var formats = []Format{Signed8, Unsigned8, Signed4, Unsigned4}
+
 func TestCodesAreSortedAndSpanTheRange(t *testing.T) {
-	for name, c := range map[string]*Code{"signed": Signed, "unsigned": Unsigned} {
+	for _, f := range formats {
+		c := f.Code()
+		assert.Len(t, c, 1<<f.Bits, f.String())
 		for i := 1; i < len(c); i++ {
-			assert.Less(t, c[i-1], c[i], "%s code strictly increasing at %d", name, i)
+			assert.Less(t, c[i-1], c[i], "%v code strictly increasing at %d", f, i)
 		}
-		assert.Equal(t, float32(1), c[255], name)
-		assert.Contains(t, c[:], float32(0), name)
+		assert.Equal(t, float32(1), c[len(c)-1], f.String())
+		assert.Contains(t, c, float32(0), f.String())
+		if f.Signed {
+			assert.InDelta(t, -1, c[0], 0.25, f.String())
+		} else {
+			assert.Equal(t, float32(0), c[0], f.String())
+		}
 	}
-	assert.InDelta(t, -1, Signed[0], 0.01)
-	assert.Equal(t, float32(0), Unsigned[0])
+	assert.InDelta(t, -1, Signed8.Code()[0], 0.01)
 }
 
 // TestRoundTripErrorBound: every value comes back within half the gap
-// between the two code points around it, times the block absmax; and the
-// relative error of entries within a decade of the absmax is small.
+// between the two code points around it, times the block absmax; entries
+// near the absmax keep a small relative error.
 func TestRoundTripErrorBound(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for name, c := range map[string]*Code{"signed": Signed, "unsigned": Unsigned} {
+	nearMax := map[int]float64{8: 0.015, 4: 0.21}
+	for _, f := range formats {
+		c := f.Code()
 		for trial := 0; trial < 50; trial++ {
-			vals := make([]float32, BlockSize)
+			n := BlockSize - trial%2 // odd lengths exercise the last nibble
+			vals := make([]float32, n)
 			for i := range vals {
 				v := float32(rng.NormFloat64() * math.Pow(10, -3*rng.Float64()))
-				if c == Unsigned {
-					v = v * v
+				if !f.Signed {
+					v *= v
 				}
 				vals[i] = v
 			}
-			codes := make([]uint8, BlockSize)
-			absmax := c.Quantize(vals, codes)
-			back := make([]float32, BlockSize)
-			c.Dequantize(codes, absmax, back)
+			codes := make([]byte, f.Bytes(n))
+			absmax := f.Encode(vals, codes)
+			back := make([]float32, n)
+			f.Decode(codes, absmax, back)
 			for i, v := range vals {
 				x := v / absmax
 				hi := 1
-				for hi < 255 && c[hi] < x {
+				for hi < len(c)-1 && c[hi] < x {
 					hi++
 				}
 				gap := float64(c[hi]-c[hi-1]) * float64(absmax)
-				assert.LessOrEqual(t, math.Abs(float64(back[i]-v)), gap/2+1e-6*float64(absmax), "%s value %d", name, i)
+				assert.LessOrEqual(t, math.Abs(float64(back[i]-v)), gap/2+1e-6*float64(absmax), "%v value %d", f, i)
 				if math.Abs(float64(x)) > 0.5 {
-					assert.InEpsilon(t, v, back[i], 0.015, "%s relative error near the absmax", name)
+					assert.InEpsilon(t, v, back[i], nearMax[f.Bits], "%v relative error near the absmax", f)
 				}
 			}
-			assert.InEpsilon(t, absmax, slices.Max(abs(back)), 0.01, "absmax survives")
+			assert.InEpsilon(t, absmax, slices.Max(abs(back)), nearMax[f.Bits], "%v absmax survives", f)
 		}
 	}
 }
@@ -66,15 +77,19 @@ func abs(v []float32) []float32 {
 }
 
 func TestZeroBlock(t *testing.T) {
-	codes := make([]uint8, 8)
-	assert.Equal(t, float32(0), Signed.Quantize(make([]float32, 8), codes))
-	back := make([]float32, 8)
-	Signed.Dequantize(codes, 0, back)
-	assert.Equal(t, make([]float32, 8), back)
+	for _, f := range formats {
+		codes := make([]byte, f.Bytes(9))
+		assert.Equal(t, float32(0), f.Encode(make([]float32, 9), codes))
+		back := make([]float32, 9)
+		f.Decode(codes, 0, back)
+		assert.Equal(t, make([]float32, 9), back)
+	}
 }
 
-func TestBlocks(t *testing.T) {
+func TestSizes(t *testing.T) {
 	assert.Equal(t, 1, Blocks(1))
 	assert.Equal(t, 1, Blocks(256))
 	assert.Equal(t, 2, Blocks(257))
+	assert.Equal(t, 5, Signed4.Bytes(9))
+	assert.Equal(t, 9, Unsigned8.Bytes(9))
 }
