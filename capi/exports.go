@@ -89,7 +89,15 @@ func gnlp_state_init(param *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_
 		if err != nil {
 			return err
 		}
-		return core.Init(backend, p, st, cfg)
+		d, err := sameDevice(param, nil, state, nState, "")
+		if err != nil {
+			return err
+		}
+		b, err := backendFor(d, stream)
+		if err != nil {
+			return err
+		}
+		return core.Init(b, p, st, cfg)
 	})
 }
 
@@ -115,60 +123,79 @@ func gnlp_workspace_size(param *C.gnlp_tensor, config *C.gnlp_config, bytes *C.i
 //export gnlp_step
 func gnlp_step(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, stream unsafe.Pointer) C.gnlp_status {
 	return run(func() error {
-		it, err := itemFromC(param, grad, state, nState, config, step, "")
+		it, d, err := itemFromC(param, grad, state, nState, config, step, "")
 		if err != nil {
 			return err
 		}
-		return stepAll([]core.Item{it})
+		return stepOn(d, stream, []core.Item{it}, false, nil)
 	})
 }
 
 //export gnlp_step_batch
 func gnlp_step_batch(items *C.gnlp_step_item, n C.int32_t, stream unsafe.Pointer) C.gnlp_status {
 	return run(func() error {
-		if n < 0 {
-			return core.Errorf(core.CodeInvalidArgument, "n_items is %d, must be >= 0", int32(n))
+		batch, d, err := batchFromC(items, n)
+		if err != nil {
+			return err
 		}
-		if n > 0 && items == nil {
-			return nullError("items")
-		}
-		cs := unsafe.Slice(items, int(n))
-		batch := make([]core.Item, len(cs))
-		for i := range cs {
-			c := &cs[i]
-			if c.reserved != 0 {
-				return core.Errorf(core.CodeInvalidArgument, "items[%d].reserved is %d, must be 0", i, int32(c.reserved))
-			}
-			it, err := itemFromC(&c.param, &c.grad, c.state, c.n_state, &c.config, c.step, fmt.Sprintf("items[%d].", i))
-			if err != nil {
-				return err
-			}
-			batch[i] = it
-		}
-		return stepAll(batch)
+		return stepOn(d, stream, batch, false, nil)
 	})
+}
+
+// batchFromC converts a batch, whose items must all be on one device.
+func batchFromC(items *C.gnlp_step_item, n C.int32_t) ([]core.Item, device, error) {
+	if n < 0 {
+		return nil, device{}, core.Errorf(core.CodeInvalidArgument, "n_items is %d, must be >= 0", int32(n))
+	}
+	if n > 0 && items == nil {
+		return nil, device{}, nullError("items")
+	}
+	cs := unsafe.Slice(items, int(n))
+	batch := make([]core.Item, len(cs))
+	d := cpuDevice
+	for i := range cs {
+		c := &cs[i]
+		if c.reserved != 0 {
+			return nil, device{}, core.Errorf(core.CodeInvalidArgument, "items[%d].reserved is %d, must be 0", i, int32(c.reserved))
+		}
+		it, di, err := itemFromC(&c.param, &c.grad, c.state, c.n_state, &c.config, c.step, fmt.Sprintf("items[%d].", i))
+		if err != nil {
+			return nil, device{}, err
+		}
+		if i == 0 {
+			d = di
+		} else if di != d {
+			return nil, device{}, core.Errorf(core.CodeDevice, "items[%d] is on %v but items[0] is on %v: one call steps the parameters of one device", i, di, d)
+		}
+		batch[i] = it
+	}
+	return batch, d, nil
 }
 
 // itemFromC converts one parameter's step arguments; prefix locates it in
 // a batch for error messages.
-func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, prefix string) (core.Item, error) {
+func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, prefix string) (core.Item, device, error) {
 	cfg, err := configFromC(config)
 	if err != nil {
-		return core.Item{}, prefixed(prefix, err)
+		return core.Item{}, device{}, prefixed(prefix, err)
 	}
 	p, err := tensorFromC(param, prefix+"param")
 	if err != nil {
-		return core.Item{}, err
+		return core.Item{}, device{}, err
 	}
 	g, err := tensorFromC(grad, prefix+"grad")
 	if err != nil {
-		return core.Item{}, err
+		return core.Item{}, device{}, err
 	}
 	st, err := stateFromC(state, nState)
 	if err != nil {
-		return core.Item{}, prefixed(prefix, err)
+		return core.Item{}, device{}, prefixed(prefix, err)
 	}
-	return core.Item{Param: p, Grad: g, State: st, Config: cfg, Step: int64(step)}, nil
+	d, err := sameDevice(param, grad, state, nState, prefix)
+	if err != nil {
+		return core.Item{}, device{}, err
+	}
+	return core.Item{Param: p, Grad: g, State: st, Config: cfg, Step: int64(step)}, d, nil
 }
 
 func prefixed(prefix string, err error) error {

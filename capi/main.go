@@ -111,12 +111,8 @@ func tensorFromC(t *C.gnlp_tensor, what string) (core.Tensor, error) {
 		}
 		want *= int64(shape[i])
 	}
-	switch t.device_type {
-	case C.GNLP_DEVICE_CPU:
-	case C.GNLP_DEVICE_CUDA:
-		return core.Tensor{}, core.Errorf(core.CodeBackendUnavailable, "%s is a CUDA tensor, but this library has no CUDA backend; step it on the CPU", what)
-	default:
-		return core.Tensor{}, core.Errorf(core.CodeDevice, "%s has unknown device type %d", what, int32(t.device_type))
+	if _, err := deviceFromC(t, what); err != nil {
+		return core.Tensor{}, err
 	}
 	if t.data == nil {
 		return core.Tensor{}, core.Errorf(core.CodeNullPointer, "%s data is NULL", what)

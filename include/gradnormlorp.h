@@ -66,7 +66,9 @@ typedef enum gnlp_status {
     GNLP_ERR_BACKEND_UNAVAILABLE = 10, /* e.g. CUDA tensor but the CUDA backend is not built */
     GNLP_ERR_BUFFER_TOO_SMALL = 11,    /* a caller-provided array is too short */
     GNLP_ERR_NUMERICAL = 12,       /* a factorisation failed to converge */
-    GNLP_ERR_INTERNAL = 13         /* a bug: please report it with the message */
+    GNLP_ERR_INTERNAL = 13,        /* a bug: please report it with the message */
+    GNLP_ERR_NO_DRIVER = 14,       /* no NVIDIA driver (libnvidia-ml / libcuda) or no CUDA device */
+    GNLP_ERR_CUDA = 15             /* a CUDA runtime, cuBLAS or cuSOLVER call failed (out of memory, ...) */
 } gnlp_status;
 
 typedef enum gnlp_dtype {
@@ -139,6 +141,22 @@ typedef struct gnlp_step_item {
     int64_t step;             /* 1-based: 1 on the first step of this parameter */
 } gnlp_step_item;
 
+/* What the NVIDIA driver (NVML) says about one GPU, filled by
+ * gnlp_device_info(). Strings are NUL-terminated. (Named gnlp_gpu_info: C
+ * does not allow a type and a function both called gnlp_device_info.) */
+typedef struct gnlp_gpu_info {
+    char name[96];               /* e.g. "NVIDIA H100 80GB HBM3" */
+    char uuid[96];               /* "GPU-..." */
+    char driver_version[32];     /* e.g. "580.65.06" */
+    int32_t cuda_driver_version; /* CUDA version the driver supports, 1000*major + 10*minor (13020 = 13.2) */
+    int32_t device_count;        /* GPUs NVML sees */
+    int32_t compute_major;       /* compute capability, e.g. 9 and 0 */
+    int32_t compute_minor;
+    int64_t memory_total;        /* bytes */
+    int64_t memory_used;
+    int64_t memory_free;
+} gnlp_gpu_info;
+
 /* The library's own cgo build defines GNLP_TYPES_ONLY to take the types
  * without these prototypes (cgo emits its own, without const). */
 #ifndef GNLP_TYPES_ONLY
@@ -179,16 +197,65 @@ gnlp_status gnlp_step(const gnlp_tensor *param, const gnlp_tensor *grad,
 
 /* Steps many parameters in one call. All items are validated (including
  * gradient finiteness) before any is changed: on error nothing is changed.
- * On the CPU the items are processed in parallel across cores. */
+ * On the CPU the items are processed in parallel across cores. All items
+ * must be on one device (GNLP_ERR_DEVICE otherwise).
+ *
+ * CUDA: everything is enqueued on `stream`. The call waits for the device
+ * exactly once in a step without a projector refresh: after enqueueing the
+ * finiteness check of every gradient, to read the verdicts (so that
+ * GNLP_ERR_NONFINITE is exact and nothing has changed). A refresh step
+ * waits once more per refreshed parameter, for the SVD's convergence flag.
+ * gnlp_step (one item) behaves the same. Use gnlp_step_batch_async for a
+ * step without any wait. */
 gnlp_status gnlp_step_batch(const gnlp_step_item *items, int32_t n_items, void *stream);
+
+/* gnlp_step_batch without the host wait for the gradients' verdicts, for
+ * CUDA tensors: the finiteness checks run on the device and set
+ * `*nonfinite` (a device int32 on the items' device; NULL to use a private
+ * flag) to 1 if any gradient holds NaN or Inf, and every update kernel of
+ * the batch then does nothing, so all parameters and state stay untouched,
+ * as with a refused gnlp_step_batch. The flag is never cleared: zero it
+ * before the call, read it whenever convenient (like torch's found_inf).
+ * A non-refresh step does not wait for the device at all; a refresh step
+ * waits once per refreshed parameter (SVD convergence), and then also
+ * returns early without changes if the flag is already set. On the CPU this
+ * is gnlp_step_batch (nonfinite is ignored). */
+gnlp_status gnlp_step_batch_async(const gnlp_step_item *items, int32_t n_items, void *stream,
+                                  int32_t *nonfinite);
 
 /* Bytes of scratch memory one step of `param` uses besides its state
  * (weight-norm gradients, the projected gradient, the update projected
  * back). On the CPU the library allocates it from a reusable pool, one
  * workspace per parameter stepped concurrently; the projector refresh also
- * takes a transient float64 copy of the matrix for the SVD. */
+ * takes a transient float64 copy of the matrix for the SVD.
+ * On CUDA the library takes the same scratch on the device, stream-ordered
+ * (cudaMallocFromPoolAsync on `stream`, freed the same way at the end of
+ * the parameter's step) from a memory pool of its own per device that keeps
+ * freed memory for the next step; parameters of a batch are stepped one
+ * after another, so the pool holds about the largest parameter's
+ * workspace. A refresh step also takes a float32 copy of dV, its SVD
+ * factors and cuSOLVER's workspace (queried). gnlp_cuda_scratch reports
+ * the pool. */
 gnlp_status gnlp_workspace_size(const gnlp_tensor *param, const gnlp_config *config,
                                 int64_t *bytes);
+
+/* ------------------------------------------------------------------ devices */
+
+
+/* Fills *out for GPU `device_index` (NVML's numbering, which follows PCI
+ * order and may differ from CUDA_VISIBLE_DEVICES). Loads libnvidia-ml.so.1
+ * on first use: GNLP_ERR_NO_DRIVER ("no NVIDIA driver ...") where it is
+ * missing, GNLP_ERR_DEVICE for an index out of range. Does not touch CUDA
+ * and works without libgnlp_cuda.so. */
+gnlp_status gnlp_device_info(int32_t device_index, gnlp_gpu_info *out);
+
+/* The CUDA backend's scratch pool on CUDA device `device_index`: bytes
+ * reserved from the driver, bytes in use by steps still in flight, and the
+ * high-water mark of in-use bytes. With release != 0, reserved memory not
+ * in use is first returned to the driver. GNLP_ERR_BACKEND_UNAVAILABLE if
+ * libgnlp_cuda.so is not built. */
+gnlp_status gnlp_cuda_scratch(int32_t device_index, int32_t release, int64_t *reserved, int64_t *in_use,
+                              int64_t *peak);
 
 #endif /* GNLP_TYPES_ONLY */
 
