@@ -44,7 +44,7 @@ fi
 site_dirs() {
     local py
     for py in "${PYTHON:-}" "$root/.venv/bin/python" python3; do
-        [[ -n "$py" ]] && command -v "$py" >/dev/null 2>&1 || continue
+        if [[ -z "$py" ]] || ! command -v "$py" >/dev/null 2>&1; then continue; fi
         "$py" - <<'EOF' 2>/dev/null || true
 import site, sys
 for d in site.getsitepackages() + [site.getusersitepackages()]:
@@ -111,6 +111,7 @@ for name in cudart cublas cusolver; do
 done
 
 # Linked as -L DIR -l:FILE (nvcc takes no versioned .so as an input file).
+# shellcheck disable=SC2016 # $ORIGIN is for the dynamic loader, not the shell
 rpath='$ORIGIN' linkflags=()
 for f in "${libs[@]}"; do
     d="$(dirname "$f")"
