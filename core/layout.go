@@ -1,6 +1,10 @@
 package core
 
-import "github.com/gradnormlorp/gradnormlorp/core/quant"
+import (
+	"sync"
+
+	"github.com/gradnormlorp/gradnormlorp/core/quant"
+)
 
 // Names of state buffers. The low-rank moments reuse torch.optim.AdamW's
 // names so that users reading optimizer.state find what they expect.
@@ -107,24 +111,13 @@ func (p Plan) WorkspaceElems() int {
 	if p.Sides == SideLeft|SideRight {
 		elems += p.K * p.N
 	}
-	for _, s := range p.projectorShapes() {
-		if p.quantized(s.Numel()) {
-			elems += s.Numel()
-		}
+	if n := p.M * p.K; p.Sides&SideLeft != 0 && p.quantized(n) {
+		elems += n
+	}
+	if n := p.K * p.N; p.Sides&SideRight != 0 && p.quantized(n) {
+		elems += n
 	}
 	return elems
-}
-
-// projectorShapes lists the shapes of the projectors the plan stores.
-func (p Plan) projectorShapes() []Shape {
-	var shapes []Shape
-	if p.Sides&SideLeft != 0 {
-		shapes = append(shapes, p.LeftShape())
-	}
-	if p.Sides&SideRight != 0 {
-		shapes = append(shapes, p.RightShape())
-	}
-	return shapes
 }
 
 // CheckParam validates a parameter's dtype and shape.
@@ -191,4 +184,66 @@ func Layout(dtype DType, shape Shape, cfg Config) ([]BufferSpec, error) {
 		BufferSpec{BufMagnitudeExpAvg, Float32, row},
 		BufferSpec{BufMagnitudeExpAvgSq, Float32, row},
 	), nil
+}
+
+// layoutKey is everything a parameter's layout depends on.
+type layoutKey struct {
+	dtype      DType
+	ndim, m, n int
+	rank, bits int
+	projType   ProjType
+}
+
+// cachedLayout is the layout and plan of one layoutKey, with the shapes a
+// step carves out of its workspace, built once: steps read it without
+// allocating. Nothing in it may be modified.
+type cachedLayout struct {
+	specs              []BufferSpec
+	plan               Plan
+	row, full, lowRank Shape // (m), (m, n), the projected shape
+	tmp                Shape // (k, n) for "full"
+	left, right        Shape // projector shapes
+}
+
+const maxCachedLayouts = 1 << 12
+
+var layouts struct {
+	sync.RWMutex
+	m map[layoutKey]*cachedLayout
+}
+
+// layoutOf returns the (cached) layout of a checked parameter and config.
+func layoutOf(dtype DType, shape Shape, cfg Config) (*cachedLayout, error) {
+	key := layoutKey{dtype: dtype, ndim: len(shape), rank: cfg.Rank, bits: cfg.OptimBits, projType: cfg.ProjType}
+	if len(shape) > 0 {
+		key.m = shape[0]
+	}
+	if len(shape) > 1 {
+		key.n = shape[1]
+	}
+	layouts.RLock()
+	l := layouts.m[key]
+	layouts.RUnlock()
+	if l != nil {
+		return l, nil
+	}
+	specs, err := Layout(dtype, shape, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := PlanFor(shape, cfg)
+	l = &cachedLayout{specs: specs, plan: p}
+	if p.Projected {
+		l.row, l.full, l.lowRank = Shape{p.M}, Shape{p.M, p.N}, p.LowRankShape()
+		l.tmp, l.left, l.right = Shape{p.K, p.N}, p.LeftShape(), p.RightShape()
+	}
+	layouts.Lock()
+	if layouts.m == nil {
+		layouts.m = make(map[layoutKey]*cachedLayout)
+	}
+	if len(layouts.m) < maxCachedLayouts {
+		layouts.m[key] = l
+	}
+	layouts.Unlock()
+	return l, nil
 }

@@ -11,28 +11,30 @@ type Item struct {
 	Step   int64 // 1-based
 }
 
-// checkState verifies that state matches the layout of param under cfg.
-func checkState(param Tensor, state []Tensor, cfg Config) error {
-	specs, err := Layout(param.DType, param.Shape, cfg)
+// checkState verifies that state matches the layout of param under cfg and
+// returns that layout.
+func checkState(param Tensor, state []Tensor, cfg Config) (*cachedLayout, error) {
+	l, err := layoutOf(param.DType, param.Shape, cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	specs := l.specs
 	if len(state) != len(specs) {
-		return Errorf(CodeShape, "got %d state buffers, want %d for a %v parameter under this config (query the state layout)", len(state), len(specs), param.Shape)
+		return nil, Errorf(CodeShape, "got %d state buffers, want %d for a %v parameter under this config (query the state layout)", len(state), len(specs), param.Shape)
 	}
 	for i, spec := range specs {
 		st := state[i]
 		if st.Data == nil {
-			return Errorf(CodeNullPointer, "state buffer %d (%s) is null", i, spec.Name)
+			return nil, Errorf(CodeNullPointer, "state buffer %d (%s) is null", i, spec.Name)
 		}
 		if st.DType != spec.DType {
-			return Errorf(CodeDType, "state buffer %d (%s) has dtype %v, want %v", i, spec.Name, st.DType, spec.DType)
+			return nil, Errorf(CodeDType, "state buffer %d (%s) has dtype %v, want %v", i, spec.Name, st.DType, spec.DType)
 		}
 		if !st.Shape.Equal(spec.Shape) {
-			return Errorf(CodeShape, "state buffer %d (%s) has shape %v, want %v", i, spec.Name, st.Shape, spec.Shape)
+			return nil, Errorf(CodeShape, "state buffer %d (%s) has shape %v, want %v", i, spec.Name, st.Shape, spec.Shape)
 		}
 	}
-	return nil
+	return l, nil
 }
 
 // Init fills freshly allocated state for param: moments and projectors
@@ -41,7 +43,8 @@ func Init(b Backend, param Tensor, state []Tensor, cfg Config) error {
 	if param.Data == nil {
 		return Errorf(CodeNullPointer, "parameter data is null")
 	}
-	if err := checkState(param, state, cfg); err != nil {
+	l, err := checkState(param, state, cfg)
+	if err != nil {
 		return err
 	}
 	for _, st := range state {
@@ -49,10 +52,10 @@ func Init(b Backend, param Tensor, state []Tensor, cfg Config) error {
 			return err
 		}
 	}
-	if !PlanFor(param.Shape, cfg).Projected {
+	if !l.plan.Projected {
 		return nil
 	}
-	bufs := namedState(param, state, cfg)
+	bufs := namedState(l, state)
 	if err := b.RowNorms(param, bufs.magnitude); err != nil {
 		return err
 	}
@@ -83,7 +86,8 @@ func (it *Item) Validate(b Backend) (Plan, error) {
 	if it.Step < 1 {
 		return Plan{}, Errorf(CodeInvalidArgument, "invalid step %d (steps count from 1)", it.Step)
 	}
-	if err := checkState(it.Param, it.State, it.Config); err != nil {
+	l, err := checkState(it.Param, it.State, it.Config)
+	if err != nil {
 		return Plan{}, err
 	}
 	finite, err := b.AllFinite(it.Grad)
@@ -93,14 +97,18 @@ func (it *Item) Validate(b Backend) (Plan, error) {
 	if !finite {
 		return Plan{}, Errorf(CodeNonFinite, "gradient of the %v parameter holds NaN or Inf; step refused, nothing changed", it.Param.Shape)
 	}
-	return PlanFor(it.Param.Shape, it.Config), nil
+	return l.plan, nil
 }
 
 // Apply performs the step of a validated item. ws is float32 scratch of at
 // least plan.WorkspaceElems() elements.
 func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 	h := it.Config.adamParams(it.Step)
-	st := namedState(it.Param, it.State, it.Config)
+	l, err := layoutOf(it.Param.DType, it.Param.Shape, it.Config)
+	if err != nil {
+		return err
+	}
+	st := namedState(l, it.State)
 	if !plan.Projected {
 		return b.AdamW(it.Param, it.Grad, st.moments, h)
 	}
@@ -108,16 +116,16 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 		return Errorf(CodeInternal, "workspace of %d float32 elements is smaller than the %d needed", ws.Shape.Numel(), plan.WorkspaceElems())
 	}
 	scratch := arena{ws: ws}
-	dg := scratch.take(Shape{plan.M})
-	dv := scratch.take(Shape{plan.M, plan.N})
-	r := scratch.take(plan.LowRankShape())
+	dg := scratch.take(l.row)
+	dv := scratch.take(l.full)
+	r := scratch.take(l.lowRank)
 	var tmp Tensor // P^T dV or N Q, for "full" only
 	if plan.Sides == SideLeft|SideRight {
-		tmp = scratch.take(Shape{plan.K, plan.N})
+		tmp = scratch.take(l.tmp)
 	}
 	// Quantised projectors are decoded into workspace; float32 ones are used
 	// in place.
-	for _, p := range []*projector{&st.left, &st.right} {
+	for _, p := range [2]*projector{&st.left, &st.right} {
 		if p.packed.Codes.Data != nil {
 			p.view = scratch.take(p.packed.Shape)
 		}
@@ -130,7 +138,7 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 		if err := b.SingularVectors(dv, st.left.view, st.right.view); err != nil {
 			return err
 		}
-		for _, p := range []projector{st.left, st.right} {
+		for _, p := range [2]projector{st.left, st.right} {
 			if p.packed.Codes.Data != nil {
 				if err := b.Encode(p.view, p.packed); err != nil {
 					return err
@@ -140,7 +148,7 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 	}
 	// Decode on every step, the refresh included, so all steps use the
 	// projector exactly as stored.
-	for _, p := range []projector{st.left, st.right} {
+	for _, p := range [2]projector{st.left, st.right} {
 		if p.packed.Codes.Data != nil {
 			if err := b.Decode(p.packed, p.view); err != nil {
 				return err
@@ -228,13 +236,12 @@ type state struct {
 	magnitudeMoments         Moments
 }
 
-// namedState maps a checked state slice to names, following Layout.
-func namedState(param Tensor, bufs []Tensor, cfg Config) state {
-	plan := PlanFor(param.Shape, cfg)
-	specs, _ := Layout(param.DType, param.Shape, cfg) // checked by the caller
+// namedState maps a checked state slice to names, following its layout.
+func namedState(l *cachedLayout, bufs []Tensor) state {
+	plan := l.plan
 	var s state
 	signed := quant.Format{Bits: plan.Bits, Signed: true}
-	for i, spec := range specs {
+	for i, spec := range l.specs {
 		t := bufs[i]
 		switch spec.Name {
 		case BufExpAvg:
@@ -249,11 +256,11 @@ func namedState(param Tensor, bufs []Tensor, cfg Config) state {
 		case BufExpAvgSqAbsmax:
 			s.moments.Absmax2 = t
 		case BufProjLeft:
-			s.left = storedProjector(t, plan.LeftShape(), signed)
+			s.left = storedProjector(t, l.left, signed)
 		case BufProjLeftAbsmax:
 			s.left.packed.Absmax = t
 		case BufProjRight:
-			s.right = storedProjector(t, plan.RightShape(), signed)
+			s.right = storedProjector(t, l.right, signed)
 		case BufProjRightAbsmax:
 			s.right.packed.Absmax = t
 		case BufMagnitude:

@@ -87,23 +87,19 @@ func (r rows) storeRange(lo int, src []float32) []float32 {
 	return src
 }
 
-// allFinite reports whether no element is NaN or Inf.
-func (r rows) allFinite() bool {
+// rangeFinite reports whether elements [lo, hi) hold no NaN or Inf.
+func (r rows) rangeFinite(lo, hi int) bool {
 	switch r.dtype {
 	case core.Float32:
-		for _, v := range r.f32 {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				return false
-			}
-		}
+		return finite32(r.f32[lo:hi])
 	case core.BFloat16:
-		for _, h := range r.u16 {
+		for _, h := range r.u16[lo:hi] {
 			if h&0x7f80 == 0x7f80 {
 				return false
 			}
 		}
 	default:
-		for _, h := range r.u16 {
+		for _, h := range r.u16[lo:hi] {
 			if h&0x7c00 == 0x7c00 {
 				return false
 			}
@@ -121,4 +117,9 @@ func f32ToBF16(v float32) uint16 {
 		return uint16(b>>16) | 0x40
 	}
 	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
+}
+
+// allFinite reports whether no element is NaN or Inf.
+func (r rows) allFinite() bool {
+	return r.rangeFinite(0, max(len(r.f32), len(r.u16)))
 }

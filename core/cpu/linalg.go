@@ -5,7 +5,6 @@ import (
 	"unsafe"
 
 	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/gradnormlorp/gradnormlorp/core"
@@ -15,10 +14,6 @@ func unsafeBytes(t core.Tensor) []byte {
 	return unsafe.Slice((*byte)(t.Data), t.Bytes())
 }
 
-func general(t core.Tensor) blas32.General {
-	return blas32.General{Rows: t.Rows(), Cols: t.Cols(), Stride: t.Cols(), Data: f32(t)}
-}
-
 func transpose(t bool) blas.Transpose {
 	if t {
 		return blas.Trans
@@ -26,7 +21,7 @@ func transpose(t bool) blas.Transpose {
 	return blas.NoTrans
 }
 
-// MatMul computes c = alpha * op(a) * op(b) with gonum's (parallel) SGEMM.
+// MatMul computes c = alpha * op(a) * op(b) (see gemm).
 func (Backend) MatMul(transA bool, a core.Tensor, transB bool, b core.Tensor, alpha float32, c core.Tensor) error {
 	ar, ac := a.Rows(), a.Cols()
 	if transA {
@@ -39,7 +34,7 @@ func (Backend) MatMul(transA bool, a core.Tensor, transB bool, b core.Tensor, al
 	if ac != br || c.Rows() != ar || c.Cols() != bc {
 		return core.Errorf(core.CodeInternal, "matmul shapes disagree: op(a) %dx%d, op(b) %dx%d, c %v", ar, ac, br, bc, c.Shape)
 	}
-	blas32.Gemm(transpose(transA), transpose(transB), alpha, general(a), general(b), 0, general(c))
+	gemm(transA, transB, ar, bc, ac, alpha, f32(a), a.Cols(), f32(b), b.Cols(), f32(c), c.Cols())
 	return nil
 }
 

@@ -1,0 +1,7 @@
+package cpu
+
+// sgemmKernel6x16 computes one 6 x 16 tile: c[i*ldc+j] = (acc != 0 ? c : 0)
+// + sum_p a[p*6+i] * b[p*16+j] (gemm_amd64.s; needs AVX2 and FMA).
+//
+//go:noescape
+func sgemmKernel6x16(k int, a, b, c *float32, ldc int, acc int)
