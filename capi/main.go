@@ -56,20 +56,17 @@ func nullError(what string) error {
 	return core.Errorf(core.CodeNullPointer, "%s is NULL", what)
 }
 
-// configFromC validates the reserved field and converts a gnlp_config.
+// configFromC converts and validates a gnlp_config.
 func configFromC(c *C.gnlp_config) (core.Config, error) {
 	if c == nil {
 		return core.Config{}, nullError("config")
-	}
-	if c.reserved != 0 {
-		return core.Config{}, core.Errorf(core.CodeInvalidArgument, "config.reserved is %d, must be 0", int32(c.reserved))
 	}
 	cfg := core.Config{
 		LR: float64(c.lr), Beta1: float64(c.beta1), Beta2: float64(c.beta2),
 		Eps: float64(c.eps), WeightDecay: float64(c.weight_decay), Scale: float64(c.scale),
 		Rank: int(c.rank), UpdateProjGap: int(c.update_proj_gap),
 		ProjType: core.ProjType(c.proj_type), CorrectBias: c.correct_bias != 0,
-		OptimBits: int(c.optim_bits),
+		OptimBits: int(c.optim_bits), Refresh: core.RefreshMode(c.refresh),
 	}
 	return cfg, cfg.Validate()
 }
@@ -84,7 +81,7 @@ func configToC(cfg core.Config) C.gnlp_config {
 		eps: C.double(cfg.Eps), weight_decay: C.double(cfg.WeightDecay), scale: C.double(cfg.Scale),
 		rank: C.int32_t(cfg.Rank), update_proj_gap: C.int32_t(cfg.UpdateProjGap),
 		proj_type: C.int32_t(cfg.ProjType), correct_bias: C.int32_t(correctBias),
-		optim_bits: C.int32_t(cfg.OptimBits),
+		optim_bits: C.int32_t(cfg.OptimBits), refresh: C.int32_t(cfg.Refresh),
 	}
 }
 

@@ -83,3 +83,27 @@ type Backend interface {
 	// updated from grad (which is not modified).
 	AdamW(w, grad Tensor, mom Moments, h AdamParams) error
 }
+
+// Refresher is the optional extension of a Backend that the subspace
+// refresh (Config.Refresh == RefreshSubspace, refresh.go) needs besides
+// MatMul and SingularVectors. A backend without it refreshes by exact SVD
+// whatever the config says. Both methods work on float32 row-major
+// matrices in the backend's memory.
+type Refresher interface {
+	// Orthonormalize computes a thin QR factorisation a = Q R of a (m x k,
+	// k <= m) and overwrites a with Q, whose k columns are orthonormal,
+	// and, unless r.Data is nil, writes the upper-triangular R (k x k) into
+	// r. Which orthonormal basis of span(a) Q is (column signs, the
+	// completion below) is the backend's choice: the refresh's result does
+	// not depend on it. If the columns of a are (numerically) linearly
+	// dependent, Q is still a full set of k orthonormal columns: columns
+	// that add nothing new are replaced by unit vectors orthogonal to the
+	// others, with a zero diagonal in R, and a = Q R still holds to
+	// rounding. A zero a is valid input. Nothing may be NaN for finite a.
+	Orthonormalize(a, r Tensor) error
+	// FixSigns applies the sign rule to the vectors stored in a: each row
+	// (byRows, a is k x n) or each column (!byRows, a is m x k) is negated
+	// when its entry of largest magnitude (the first such entry, on ties)
+	// is negative.
+	FixSigns(a Tensor, byRows bool) error
+}

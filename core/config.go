@@ -36,6 +36,39 @@ func ParseProjType(name string) (ProjType, error) {
 	return 0, Errorf(CodeUnknownOption, "unknown proj_type %q (want one of std, reverse_std, right, left, full)", name)
 }
 
+// RefreshMode chooses how a projector refresh finds the top-r singular
+// subspace of the weight-norm gradient. Values equal gnlp_config.refresh.
+type RefreshMode int32
+
+const (
+	// RefreshSVD is the exact SVD (the default).
+	RefreshSVD RefreshMode = 0
+	// RefreshSubspace is subspace iteration warm-started from the previous
+	// projector (see refresh.go). The first refresh of a parameter (step 1)
+	// is exact, and backends without the Refresher primitives use the exact
+	// SVD throughout.
+	RefreshSubspace RefreshMode = 1
+)
+
+var refreshNames = [...]string{"svd", "subspace"}
+
+func (r RefreshMode) String() string {
+	if r >= 0 && int(r) < len(refreshNames) {
+		return refreshNames[r]
+	}
+	return fmt.Sprintf("refresh(%d)", int32(r))
+}
+
+// ParseRefresh maps a refresh name ("svd", "subspace") to its value.
+func ParseRefresh(name string) (RefreshMode, error) {
+	for i, n := range refreshNames {
+		if n == name {
+			return RefreshMode(i), nil
+		}
+	}
+	return 0, Errorf(CodeUnknownOption, "unknown refresh %q (want svd or subspace)", name)
+}
+
 // Config holds the hyperparameters of one step. Rank 0 means plain AdamW.
 type Config struct {
 	LR            float64
@@ -48,6 +81,7 @@ type Config struct {
 	ProjType      ProjType
 	CorrectBias   bool
 	OptimBits     int
+	Refresh       RefreshMode
 }
 
 // DefaultConfig follows torch.optim.AdamW for the Adam hyperparameters and
@@ -90,6 +124,9 @@ func (c Config) Validate() error {
 	}
 	if c.ProjType < ProjStd || c.ProjType > ProjFull {
 		return Errorf(CodeUnknownOption, "unknown proj_type %d (want 0..4: std, reverse_std, right, left, full)", int32(c.ProjType))
+	}
+	if c.Refresh != RefreshSVD && c.Refresh != RefreshSubspace {
+		return Errorf(CodeUnknownOption, "unknown refresh %d (want 0: svd, 1: subspace)", int32(c.Refresh))
 	}
 	if c.OptimBits != 32 && c.OptimBits != 8 && c.OptimBits != 4 {
 		return Errorf(CodeUnknownOption, "unsupported optim_bits %d (supported: 32, 8, 4)", c.OptimBits)

@@ -48,6 +48,7 @@ type Plan struct {
 	M, N, K   int  // parameter rows, columns and the effective rank
 	Sides     Side // projector sides (projected only)
 	Bits      int  // optim_bits: 32, or the width of quantised state
+	Subspace  bool // refresh by subspace iteration (needs refresh scratch)
 }
 
 // quantized reports whether a state tensor of n elements is stored as codes:
@@ -61,7 +62,8 @@ func PlanFor(shape Shape, cfg Config) Plan {
 		return Plan{Bits: cfg.OptimBits}
 	}
 	m, n := shape[0], shape[1]
-	p := Plan{Projected: true, M: m, N: n, K: min(cfg.Rank, m, n), Bits: cfg.OptimBits}
+	p := Plan{Projected: true, M: m, N: n, K: min(cfg.Rank, m, n), Bits: cfg.OptimBits,
+		Subspace: cfg.Refresh == RefreshSubspace}
 	switch cfg.ProjType {
 	case ProjStd:
 		p.Sides = SideLeft
@@ -101,8 +103,9 @@ func (p Plan) RightShape() Shape { return Shape{p.K, p.N} }
 
 // WorkspaceElems is the number of float32 scratch elements one step needs:
 // dg (m), dV (m x n, later reused for the projected-back update), R, for
-// "full" the intermediate P^T dV (k x n), and a float32 copy of each
-// quantised projector.
+// "full" the intermediate P^T dV (k x n), a float32 copy of each
+// quantised projector, and under refresh=subspace the refresh scratch
+// (m x k, n x k and three k x k, see refreshScratchElems).
 func (p Plan) WorkspaceElems() int {
 	if !p.Projected {
 		return 0
@@ -117,7 +120,7 @@ func (p Plan) WorkspaceElems() int {
 	if n := p.K * p.N; p.Sides&SideRight != 0 && p.quantized(n) {
 		elems += n
 	}
-	return elems
+	return elems + p.refreshScratchElems()
 }
 
 // CheckParam validates a parameter's dtype and shape.
@@ -192,6 +195,7 @@ type layoutKey struct {
 	ndim, m, n int
 	rank, bits int
 	projType   ProjType
+	refresh    RefreshMode
 }
 
 // cachedLayout is the layout and plan of one layoutKey, with the shapes a
@@ -203,6 +207,7 @@ type cachedLayout struct {
 	row, full, lowRank Shape // (m), (m, n), the projected shape
 	tmp                Shape // (k, n) for "full"
 	left, right        Shape // projector shapes
+	mk, nk, kk         Shape // refresh=subspace scratch: (m, k), (n, k), (k, k)
 }
 
 const maxCachedLayouts = 1 << 12
@@ -214,7 +219,7 @@ var layouts struct {
 
 // layoutOf returns the (cached) layout of a checked parameter and config.
 func layoutOf(dtype DType, shape Shape, cfg Config) (*cachedLayout, error) {
-	key := layoutKey{dtype: dtype, ndim: len(shape), rank: cfg.Rank, bits: cfg.OptimBits, projType: cfg.ProjType}
+	key := layoutKey{dtype: dtype, ndim: len(shape), rank: cfg.Rank, bits: cfg.OptimBits, projType: cfg.ProjType, refresh: cfg.Refresh}
 	if len(shape) > 0 {
 		key.m = shape[0]
 	}
@@ -236,6 +241,7 @@ func layoutOf(dtype DType, shape Shape, cfg Config) (*cachedLayout, error) {
 	if p.Projected {
 		l.row, l.full, l.lowRank = Shape{p.M}, Shape{p.M, p.N}, p.LowRankShape()
 		l.tmp, l.left, l.right = Shape{p.K, p.N}, p.LeftShape(), p.RightShape()
+		l.mk, l.nk, l.kk = Shape{p.M, p.K}, Shape{p.N, p.K}, Shape{p.K, p.K}
 	}
 	layouts.Lock()
 	if layouts.m == nil {

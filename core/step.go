@@ -134,8 +134,13 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 	if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, dg, dv); err != nil {
 		return err
 	}
+	// Decode on every step, so all steps use the projector exactly as
+	// stored (and a warm-started refresh starts from it).
+	if err := decodeProjectors(b, st); err != nil {
+		return err
+	}
 	if (it.Step-1)%int64(it.Config.UpdateProjGap) == 0 {
-		if err := b.SingularVectors(dv, st.left.view, st.right.view); err != nil {
+		if err := refresh(b, l, it, st, dv, &scratch); err != nil {
 			return err
 		}
 		for _, p := range [2]projector{st.left, st.right} {
@@ -145,14 +150,8 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 				}
 			}
 		}
-	}
-	// Decode on every step, the refresh included, so all steps use the
-	// projector exactly as stored.
-	for _, p := range [2]projector{st.left, st.right} {
-		if p.packed.Codes.Data != nil {
-			if err := b.Decode(p.packed, p.view); err != nil {
-				return err
-			}
+		if err := decodeProjectors(b, st); err != nil {
+			return err
 		}
 	}
 	if err := project(b, plan, st, dv, r, tmp); err != nil {
@@ -178,6 +177,18 @@ func Step(b Backend, it *Item, ws Tensor) error {
 		return err
 	}
 	return it.Apply(b, plan, ws)
+}
+
+// decodeProjectors expands quantised projectors into their float32 views.
+func decodeProjectors(b Backend, st state) error {
+	for _, p := range [2]projector{st.left, st.right} {
+		if p.packed.Codes.Data != nil {
+			if err := b.Decode(p.packed, p.view); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // project computes r = P^T dv, dv Q^T or P^T dv Q^T.

@@ -34,6 +34,8 @@ type gemmJob struct {
 	a, b, c        []float32
 	lda, ldb, ldc  int
 
+	accumulate bool // c += alpha op(a) op(b) instead of c = ...
+
 	splitN bool
 	chunk  int       // rows (or columns) of c per unit, a multiple of gemmMR (gemmNR)
 	shared []float32 // the packed operand every unit reads
@@ -46,22 +48,37 @@ func roundUp(x, m int) int { return (x + m - 1) / m * m }
 // gemm computes c = alpha op(a) op(b) for row-major operands with leading
 // dimensions lda, ldb, ldc.
 func gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
+	gemmInto(false, transA, transB, m, n, k, alpha, a, lda, b, ldb, c, ldc)
+}
+
+// gemmAcc computes c += alpha op(a) op(b).
+func gemmAcc(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
+	gemmInto(true, transA, transB, m, n, k, alpha, a, lda, b, ldb, c, ldc)
+}
+
+func gemmInto(accumulate, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
 	if m == 0 || n == 0 {
 		return
 	}
 	if k == 0 || alpha == 0 {
-		for i := 0; i < m; i++ {
-			clear(c[i*ldc : i*ldc+n])
+		if !accumulate {
+			for i := 0; i < m; i++ {
+				clear(c[i*ldc : i*ldc+n])
+			}
 		}
 		return
 	}
 	if !hasAVX2FMA {
-		gonumGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, c, ldc)
+		beta := float32(0)
+		if accumulate {
+			beta = 1
+		}
+		gonumGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
 	j := pooled[gemmJob](&gemmJobs)
 	*j = gemmJob{transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
-		a: a, b: b, c: c, lda: lda, ldb: ldb, ldc: ldc}
+		a: a, b: b, c: c, lda: lda, ldb: ldb, ldc: ldc, accumulate: accumulate}
 	// Split along the longer side of c; the other operand is packed once.
 	j.splitN = n > m
 	long, tile, maxChunk := m, gemmMR, gemmMCMax
@@ -203,7 +220,7 @@ func (j *gemmJob) block(pa []float32, i0, rows int, pb []float32, j0, cols int) 
 	for p0 := 0; p0 < j.k; p0 += gemmKC {
 		kc := min(gemmKC, j.k-p0)
 		acc := 0
-		if p0 > 0 {
+		if p0 > 0 || j.accumulate {
 			acc = 1
 		}
 		ablk, bblk := pa[p0*padRows:], pb[p0*padCols:]
@@ -236,7 +253,7 @@ func (j *gemmJob) block(pa []float32, i0, rows int, pb []float32, j0, cols int) 
 }
 
 // gonumGemm is the portable fallback.
-func gonumGemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
+func gonumGemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	ar, ac := m, k
 	if transA {
 		ar, ac = k, m
@@ -248,5 +265,5 @@ func gonumGemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda
 	blas32.Gemm(transpose(transA), transpose(transB), alpha,
 		blas32.General{Rows: ar, Cols: ac, Stride: lda, Data: a},
 		blas32.General{Rows: br, Cols: bc, Stride: ldb, Data: b},
-		0, blas32.General{Rows: m, Cols: n, Stride: ldc, Data: c})
+		beta, blas32.General{Rows: m, Cols: n, Stride: ldc, Data: c})
 }

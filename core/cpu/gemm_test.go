@@ -56,9 +56,14 @@ func TestGemmMatchesReference(t *testing.T) {
 				}
 				gemm(ta, tb, m, n, k, 0.5, a, lda, b, ldb, c, n)
 				want := naiveGemm(ta, tb, m, n, k, 0.5, a, lda, b, ldb)
+				tol := 1e-5 * math.Sqrt(float64(k)) * 4
 				for i := range c {
-					tol := 1e-5 * math.Sqrt(float64(k)) * 4
 					require.InDelta(t, want[i], float64(c[i]), tol, fmt.Sprintf("%dx%dx%d ta=%v tb=%v at %d", m, n, k, ta, tb, i))
+				}
+				// Accumulating: c += -2 op(a) op(b) gives -c.
+				gemmAcc(ta, tb, m, n, k, -1, a, lda, b, ldb, c, n)
+				for i := range c {
+					require.InDelta(t, -want[i], float64(c[i]), 2*tol, fmt.Sprintf("acc %dx%dx%d ta=%v tb=%v at %d", m, n, k, ta, tb, i))
 				}
 			}
 		}
@@ -76,7 +81,7 @@ func BenchmarkGemm(b *testing.B) {
 					if impl == "ours" {
 						gemm(false, false, m, n, k, 1, a, k, bm, n, c, n)
 					} else {
-						gonumGemm(false, false, m, n, k, 1, a, k, bm, n, c, n)
+						gonumGemm(false, false, m, n, k, 1, a, k, bm, n, 0, c, n)
 					}
 				}
 				b.ReportMetric(2*float64(m*n*k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOPS")
