@@ -25,11 +25,49 @@ func BenchmarkStep(b *testing.B) {
 				t = t%(int64(cfg.UpdateProjGap)-1) + 2 // never a refresh step
 			}
 		})
-		b.Run(c.name+"/refresh", func(b *testing.B) {
+		// The refresh step: subspace iteration from the previous projectors
+		// (here random orthonormal ones). The exact refresh (gonum's SVD) of
+		// a whole model takes minutes: BenchmarkExactSVD times one matrix.
+		sub := cfg
+		sub.Refresh = core.RefreshSubspace
+		ms := newModel(b, c, sub)
+		ms.randomProjectors(b)
+		b.Run(c.name+"/refresh-subspace", func(b *testing.B) {
 			for range b.N {
-				m.step(b, int64(cfg.UpdateProjGap)+1)
+				ms.step(b, int64(cfg.UpdateProjGap)+1)
 			}
 		})
+	}
+}
+
+// BenchmarkExactSVD times the exact refresh (SingularVectors) of one
+// matrix of each projected shape.
+func BenchmarkExactSVD(b *testing.B) {
+	for _, c := range []llamaConfig{llama60M, llama130M} {
+		seen := map[string]bool{}
+		for _, p := range c.params() {
+			key := p.shape.String()
+			if !p.projected || seen[key] {
+				continue
+			}
+			seen[key] = true
+			plan := core.PlanFor(p.shape, core.Config{Rank: c.rank, ProjType: core.ProjStd, OptimBits: 32})
+			a := tensor(randn(newRNG(1), p.shape.Numel()), p.shape[0], p.shape[1])
+			var left, right core.Tensor
+			if plan.Sides&core.SideLeft != 0 {
+				left = tensor(make([]float32, plan.M*plan.K), plan.M, plan.K)
+			}
+			if plan.Sides&core.SideRight != 0 {
+				right = tensor(make([]float32, plan.K*plan.N), plan.K, plan.N)
+			}
+			b.Run(c.name+"/"+key, func(b *testing.B) {
+				for range b.N {
+					if err := (Backend{}).SingularVectors(a, left, right); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 

@@ -160,3 +160,17 @@ func finite32(v []float32) bool {
 	}
 	return s == 0
 }
+
+// axpy sets x += a y.
+func axpy(x []float32, a float32, y []float32) {
+	n := len(x)
+	y = y[:n]
+	i := 0
+	if hasAVX2FMA && n >= 8 {
+		i = n &^ 7
+		axpyAVX(&x[0], a, &y[0], i)
+	}
+	for ; i < n; i++ {
+		x[i] += a * y[i]
+	}
+}

@@ -23,3 +23,6 @@ func wngRowAVX(out, grad, w *float32, ratio, c float32, n int)
 
 //go:noescape
 func finiteAVX(x *float32, n int) bool
+
+//go:noescape
+func axpyAVX(x *float32, a float32, y *float32, n int)

@@ -241,3 +241,24 @@ fin_done:
 	SETEQ ret+16(FP)
 	VZEROUPPER
 	RET
+
+// func axpyAVX(x *float32, a float32, y *float32, n int)
+// x[i] += a * y[i].
+TEXT ·axpyAVX(SB), NOSPLIT, $0-32
+	MOVQ x+0(FP), AX
+	VBROADCASTSS a+8(FP), Y8
+	MOVQ y+16(FP), BX
+	MOVQ n+24(FP), SI
+	SHRQ $3, SI
+	JZ axpy_done
+axpy_loop:
+	VMULPS (BX), Y8, Y0
+	VADDPS (AX), Y0, Y0
+	VMOVUPS Y0, (AX)
+	ADDQ $32, AX
+	ADDQ $32, BX
+	DECQ SI
+	JNZ axpy_loop
+axpy_done:
+	VZEROUPPER
+	RET

@@ -50,6 +50,8 @@ func TestKernelsMatchGoFallbackBitForBit(t *testing.T) {
 		assert.Equal(t, b, a, "adamDirection n=%d", n)
 		a, b = run(func(o out) { weightNormGradRow(o.a, o.b, o.c, 0.7, -0.3) })
 		assert.Equal(t, b, a, "weightNormGradRow n=%d", n)
+		a, b = run(func(o out) { axpy(o.a, -0.37, o.b) })
+		assert.Equal(t, b, a, "axpy n=%d", n)
 		a, b = run(func(o out) { scaleInPlace(o.a, 1.7) })
 		assert.Equal(t, b, a, "scale n=%d", n)
 		var na, nb float32

@@ -114,3 +114,37 @@ func (m *model) numel() (projected, adamw int) {
 	}
 	return projected, adamw
 }
+
+// randomProjectors fills every float32 projector with a random orthonormal
+// basis, as a stand-in for the previous refresh (the exact first refresh of
+// a whole model takes minutes with gonum's SVD).
+func (m *model) randomProjectors(tb testing.TB) {
+	rng := newRNG(9)
+	for _, it := range m.items {
+		specs, err := core.Layout(it.Param.DType, it.Param.Shape, it.Config)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for i, s := range specs {
+			if s.DType != core.Float32 || (s.Name != core.BufProjLeft && s.Name != core.BufProjRight) {
+				continue
+			}
+			v := f32(it.State[i])
+			copy(v, randn(rng, len(v)))
+			rows, cols := s.Shape[0], s.Shape[1]
+			if s.Name == core.BufProjLeft { // m x k: orthonormal columns
+				if err := (Backend{}).Orthonormalize(it.State[i], core.Tensor{}); err != nil {
+					tb.Fatal(err)
+				}
+				continue
+			}
+			t := make([]float32, len(v)) // k x n: orthonormal rows
+			transposeInto(t, v, rows, cols)
+			tt := core.Tensor{Data: unsafe.Pointer(&t[0]), DType: core.Float32, Shape: core.Shape{cols, rows}}
+			if err := (Backend{}).Orthonormalize(tt, core.Tensor{}); err != nil {
+				tb.Fatal(err)
+			}
+			transposeInto(v, t, cols, rows)
+		}
+	}
+}

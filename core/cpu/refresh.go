@@ -113,14 +113,6 @@ func completeBasis(t []float32, m, i, next int) int {
 	panic("cpu: no unit vector completes an orthonormal basis") // i < m: impossible
 }
 
-// axpy sets x += a y.
-func axpy(x []float32, a float32, y []float32) {
-	y = y[:len(x)]
-	for i := range x {
-		x[i] += a * y[i]
-	}
-}
-
 // transposeInto writes the transpose of src (rows x cols) into dst.
 func transposeInto(dst, src []float32, rows, cols int) {
 	const tile = 32
