@@ -35,6 +35,10 @@ type gemmJob struct {
 	lda, ldb, ldc  int
 
 	accumulate bool // c += alpha op(a) op(b) instead of c = ...
+	// directA: op(a) = a is read in place by the micro-kernel (split along
+	// m, a not transposed), so alpha is applied to the packed b instead.
+	directA        bool
+	alphaA, alphaB float32
 
 	splitN bool
 	chunk  int       // rows (or columns) of c per unit, a multiple of gemmMR (gemmNR)
@@ -42,6 +46,9 @@ type gemmJob struct {
 }
 
 var gemmJobs sync.Pool
+
+// gemmDirectA enables reading A in place (see gemmJob.directA).
+var gemmDirectA = true
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
 
@@ -81,6 +88,11 @@ func gemmInto(accumulate, transA, transB bool, m, n, k int, alpha float32, a []f
 		a: a, b: b, c: c, lda: lda, ldb: ldb, ldc: ldc, accumulate: accumulate}
 	// Split along the longer side of c; the other operand is packed once.
 	j.splitN = n > m
+	j.directA = gemmDirectA && !j.splitN && !transA
+	j.alphaA, j.alphaB = alpha, 1
+	if j.directA {
+		j.alphaA, j.alphaB = 1, alpha
+	}
 	long, tile, maxChunk := m, gemmMR, gemmMCMax
 	if j.splitN {
 		long, tile, maxChunk = n, gemmNR, gemmNCMax
@@ -122,7 +134,7 @@ func (j *gemmJob) packA(dst []float32, i0, rows int) {
 					src := j.a[(p0+p)*j.lda+i0+ip:]
 					out := panel[p*gemmMR : p*gemmMR+gemmMR]
 					for i := 0; i < valid; i++ {
-						out[i] = j.alpha * src[i]
+						out[i] = j.alphaA * src[i]
 					}
 					clear(out[valid:])
 				}
@@ -136,7 +148,7 @@ func (j *gemmJob) packA(dst []float32, i0, rows int) {
 				r3 := j.a[base+3*j.lda : base+3*j.lda+kc]
 				r4 := j.a[base+4*j.lda : base+4*j.lda+kc]
 				r5 := j.a[base+5*j.lda : base+5*j.lda+kc]
-				al := j.alpha
+				al := j.alphaA
 				for p := range r0 {
 					out := panel[p*gemmMR : p*gemmMR+gemmMR : p*gemmMR+gemmMR]
 					out[0], out[1], out[2] = al*r0[p], al*r1[p], al*r2[p]
@@ -147,7 +159,7 @@ func (j *gemmJob) packA(dst []float32, i0, rows int) {
 			for i := 0; i < valid; i++ {
 				src := j.a[(i0+ip+i)*j.lda+p0 : (i0+ip+i)*j.lda+p0+kc]
 				for p, v := range src {
-					panel[p*gemmMR+i] = j.alpha * v
+					panel[p*gemmMR+i] = j.alphaA * v
 				}
 			}
 			for i := valid; i < gemmMR; i++ {
@@ -174,7 +186,13 @@ func (j *gemmJob) packB(dst []float32, j0, cols int) {
 				for p := 0; p < kc; p++ {
 					src := j.b[(p0+p)*j.ldb+j0+jp : (p0+p)*j.ldb+j0+jp+valid]
 					out := panel[p*gemmNR : p*gemmNR+gemmNR]
-					copy(out, src)
+					if j.alphaB == 1 {
+						copy(out, src)
+					} else {
+						for x, v := range src {
+							out[x] = j.alphaB * v
+						}
+					}
 					clear(out[valid:])
 				}
 				continue
@@ -182,7 +200,7 @@ func (j *gemmJob) packB(dst []float32, j0, cols int) {
 			for jj := 0; jj < valid; jj++ { // B(p, j) = b[j*ldb + p]
 				src := j.b[(j0+jp+jj)*j.ldb+p0 : (j0+jp+jj)*j.ldb+p0+kc]
 				for p, v := range src {
-					panel[p*gemmNR+jj] = v
+					panel[p*gemmNR+jj] = j.alphaB * v
 				}
 			}
 			for jj := valid; jj < gemmNR; jj++ {
@@ -206,6 +224,10 @@ func (j *gemmJob) run(u int) {
 		return
 	}
 	rows := min(j.chunk, j.m-lo)
+	if j.directA {
+		j.blockDirect(lo, rows)
+		return
+	}
 	buf := getScratch(roundUp(rows, gemmMR) * j.k)
 	j.packA(*buf, lo, rows)
 	j.block(*buf, lo, rows, j.shared, 0, j.n)
@@ -248,6 +270,72 @@ func (j *gemmJob) block(pa []float32, i0, rows int, pb []float32, j0, cols int) 
 					}
 				}
 			}
+		}
+	}
+}
+
+// blockDirect computes rows [i0, i0+rows) of c from a read in place and
+// the shared packed b (all columns). A last partial panel of rows is
+// packed (zero-padded) for the packed kernel.
+func (j *gemmJob) blockDirect(i0, rows int) {
+	full := rows / gemmMR * gemmMR
+	padCols := roundUp(j.n, gemmNR)
+	var tail *[]float32
+	if full < rows {
+		tail = getScratch(gemmMR * gemmKC)
+		defer putScratch(tail)
+	}
+	var edge [gemmMR * gemmNR]float32
+	for p0 := 0; p0 < j.k; p0 += gemmKC {
+		kc := min(gemmKC, j.k-p0)
+		acc := 0
+		if p0 > 0 || j.accumulate {
+			acc = 1
+		}
+		if tail != nil {
+			j.packTailA(*tail, i0+full, rows-full, p0, kc)
+		}
+		bblk := j.shared[p0*padCols:]
+		for jp := 0; jp < padCols; jp += gemmNR {
+			bp := &bblk[jp*kc]
+			nv := min(gemmNR, j.n-jp)
+			for ip := 0; ip < rows; ip += gemmMR {
+				mv := min(gemmMR, rows-ip)
+				ci := (i0+ip)*j.ldc + jp
+				if mv == gemmMR && nv == gemmNR {
+					sgemmKernel6x16U(kc, &j.a[(i0+ip)*j.lda+p0], j.lda, bp, &j.c[ci], j.ldc, acc)
+					continue
+				}
+				if mv == gemmMR {
+					sgemmKernel6x16U(kc, &j.a[(i0+ip)*j.lda+p0], j.lda, bp, &edge[0], gemmNR, 0)
+				} else {
+					sgemmKernel6x16(kc, &(*tail)[0], bp, &edge[0], gemmNR, 0)
+				}
+				for i := 0; i < mv; i++ {
+					row := j.c[ci+i*j.ldc : ci+i*j.ldc+nv]
+					src := edge[i*gemmNR : i*gemmNR+nv]
+					if acc != 0 {
+						for x, v := range src {
+							row[x] += v
+						}
+					} else {
+						copy(row, src)
+					}
+				}
+			}
+		}
+	}
+}
+
+// packTailA packs rows [i0, i0+rows) (rows < MR) of a, k range
+// [p0, p0+kc), as one zero-padded panel.
+func (j *gemmJob) packTailA(dst []float32, i0, rows, p0, kc int) {
+	panel := dst[:kc*gemmMR]
+	clear(panel)
+	for i := 0; i < rows; i++ {
+		src := j.a[(i0+i)*j.lda+p0 : (i0+i)*j.lda+p0+kc]
+		for p, v := range src {
+			panel[p*gemmMR+i] = j.alphaA * v
 		}
 	}
 }

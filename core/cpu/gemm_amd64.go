@@ -5,3 +5,9 @@ package cpu
 //
 //go:noescape
 func sgemmKernel6x16(k int, a, b, c *float32, ldc int, acc int)
+
+// sgemmKernel6x16U is sgemmKernel6x16 with A read in place: row i of the
+// tile is a[i*lda:], k values.
+//
+//go:noescape
+func sgemmKernel6x16U(k int, a *float32, lda int, b, c *float32, ldc int, acc int)
