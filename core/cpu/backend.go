@@ -77,6 +77,12 @@ var wngTasks sync.Pool
 
 func (t *wngTask) run(u int) {
 	lo, hi := t.bounds(u)
+	t.rows(lo, hi, t.dv[lo*t.cols:hi*t.cols])
+}
+
+// rows computes rows [lo, hi): dg into t.dg, dV into out (row i at
+// (i-lo)*cols).
+func (t *wngTask) rows(lo, hi int, dv []float32) {
 	cols := t.cols
 	var buf *[]float32
 	var wbuf, gbuf []float32
@@ -86,7 +92,7 @@ func (t *wngTask) run(u int) {
 	}
 	for i := lo; i < hi; i++ {
 		wr, gr := t.w.load(i, wbuf), t.grad.load(i, gbuf)
-		out := t.dv[i*cols : (i+1)*cols]
+		out := dv[(i-lo)*cols : (i-lo+1)*cols]
 		gi, si := t.g[i], t.s[i]
 		if gi == 0 || si == 0 {
 			t.dg[i] = 0
@@ -130,6 +136,12 @@ var wnuTasks sync.Pool
 
 func (t *wnuTask) run(u int) {
 	lo, hi := t.bounds(u)
+	t.rows(lo, hi, t.u[lo*t.cols:hi*t.cols])
+}
+
+// rows updates rows [lo, hi) with the update projected back in u (row i
+// at (i-lo)*cols).
+func (t *wnuTask) rows(lo, hi int, u []float32) {
 	cols, h := t.cols, t.h
 	var buf *[]float32
 	if t.w.dtype != core.Float32 {
@@ -144,7 +156,7 @@ func (t *wnuTask) run(u int) {
 		} else {
 			wr = t.w.load(i, *buf)
 		}
-		upd := t.u[i*cols : (i+1)*cols]
+		upd := u[(i-lo)*cols : (i-lo+1)*cols]
 		gi, si := t.g[i], t.s[i]
 		if gi == 0 || si == 0 {
 			n := axpbyNorm(wr, h.Decay, upd, -h.StepSize)

@@ -225,7 +225,7 @@ func (j *gemmJob) run(u int) {
 	}
 	rows := min(j.chunk, j.m-lo)
 	if j.directA {
-		j.blockDirect(lo, rows)
+		j.blockDirect(j.a[lo*j.lda:], j.c[lo*j.ldc:], rows)
 		return
 	}
 	buf := getScratch(roundUp(rows, gemmMR) * j.k)
@@ -274,10 +274,11 @@ func (j *gemmJob) block(pa []float32, i0, rows int, pb []float32, j0, cols int) 
 	}
 }
 
-// blockDirect computes rows [i0, i0+rows) of c from a read in place and
-// the shared packed b (all columns). A last partial panel of rows is
-// packed (zero-padded) for the packed kernel.
-func (j *gemmJob) blockDirect(i0, rows int) {
+// blockDirect computes rows of c (starting at c[0], leading dimension
+// j.ldc) from the same rows of op(a), read in place from a (leading
+// dimension j.lda), and the shared packed b (all columns). A last partial
+// panel of rows is packed (zero-padded) for the packed kernel.
+func (j *gemmJob) blockDirect(a, c []float32, rows int) {
 	full := rows / gemmMR * gemmMR
 	padCols := roundUp(j.n, gemmNR)
 	var tail *[]float32
@@ -293,7 +294,7 @@ func (j *gemmJob) blockDirect(i0, rows int) {
 			acc = 1
 		}
 		if tail != nil {
-			j.packTailA(*tail, i0+full, rows-full, p0, kc)
+			j.packTailA(*tail, a[full*j.lda:], rows-full, p0, kc)
 		}
 		bblk := j.shared[p0*padCols:]
 		for jp := 0; jp < padCols; jp += gemmNR {
@@ -301,18 +302,18 @@ func (j *gemmJob) blockDirect(i0, rows int) {
 			nv := min(gemmNR, j.n-jp)
 			for ip := 0; ip < rows; ip += gemmMR {
 				mv := min(gemmMR, rows-ip)
-				ci := (i0+ip)*j.ldc + jp
+				ci := ip*j.ldc + jp
 				if mv == gemmMR && nv == gemmNR {
-					sgemmKernel6x16U(kc, &j.a[(i0+ip)*j.lda+p0], j.lda, bp, &j.c[ci], j.ldc, acc)
+					sgemmKernel6x16U(kc, &a[ip*j.lda+p0], j.lda, bp, &c[ci], j.ldc, acc)
 					continue
 				}
 				if mv == gemmMR {
-					sgemmKernel6x16U(kc, &j.a[(i0+ip)*j.lda+p0], j.lda, bp, &edge[0], gemmNR, 0)
+					sgemmKernel6x16U(kc, &a[ip*j.lda+p0], j.lda, bp, &edge[0], gemmNR, 0)
 				} else {
 					sgemmKernel6x16(kc, &(*tail)[0], bp, &edge[0], gemmNR, 0)
 				}
 				for i := 0; i < mv; i++ {
-					row := j.c[ci+i*j.ldc : ci+i*j.ldc+nv]
+					row := c[ci+i*j.ldc : ci+i*j.ldc+nv]
 					src := edge[i*gemmNR : i*gemmNR+nv]
 					if acc != 0 {
 						for x, v := range src {
@@ -327,13 +328,13 @@ func (j *gemmJob) blockDirect(i0, rows int) {
 	}
 }
 
-// packTailA packs rows [i0, i0+rows) (rows < MR) of a, k range
-// [p0, p0+kc), as one zero-padded panel.
-func (j *gemmJob) packTailA(dst []float32, i0, rows, p0, kc int) {
+// packTailA packs the first rows (< MR) of a (leading dimension j.lda),
+// k range [p0, p0+kc), as one zero-padded panel.
+func (j *gemmJob) packTailA(dst []float32, a []float32, rows, p0, kc int) {
 	panel := dst[:kc*gemmMR]
 	clear(panel)
 	for i := 0; i < rows; i++ {
-		src := j.a[(i0+i)*j.lda+p0 : (i0+i)*j.lda+p0+kc]
+		src := a[i*j.lda+p0 : i*j.lda+p0+kc]
 		for p, v := range src {
 			panel[p*gemmMR+i] = j.alphaA * v
 		}
