@@ -5,11 +5,25 @@ import "github.com/gradnormlorp/gradnormlorp/core/quant"
 // AdamParams are the per-step scalars of the Adam form used everywhere:
 // m1 = b1 m1 + (1-b1) x, m2 = b2 m2 + (1-b2) x^2, N = m1 / (sqrt(m2) + eps),
 // with the bias correction folded into StepSize and the decoupled weight
-// decay factor 1 - lr * weight_decay in Decay.
+// decay factor 1 - lr * weight_decay in Decay. OneMinusBeta1/2 are rounded
+// from float64 (as PyTorch passes 1 - beta to its kernels), not computed from
+// the float32 betas: 1 - float32(0.999) is off by 2.4e-8, a 2e-5 relative
+// error in every second-moment update.
 type AdamParams struct {
-	Beta1, Beta2, Eps float32
-	StepSize          float32
-	Decay             float32
+	Beta1, Beta2                 float32
+	OneMinusBeta1, OneMinusBeta2 float32
+	Eps                          float32
+	StepSize                     float32
+	Decay                        float32
+}
+
+// NewAdamParams rounds the float64 scalars of one step to AdamParams.
+func NewAdamParams(beta1, beta2, eps, stepSize, decay float64) AdamParams {
+	return AdamParams{
+		Beta1: float32(beta1), Beta2: float32(beta2),
+		OneMinusBeta1: float32(1 - beta1), OneMinusBeta2: float32(1 - beta2),
+		Eps: float32(eps), StepSize: float32(stepSize), Decay: float32(decay),
+	}
 }
 
 // Moments are Adam's first and second moments in one of two formats:

@@ -142,9 +142,5 @@ func (c Config) adamParams(step int64) AdamParams {
 		bc2 := 1 - math.Pow(c.Beta2, float64(step))
 		stepSize = c.LR * math.Sqrt(bc2) / bc1
 	}
-	return AdamParams{
-		Beta1: float32(c.Beta1), Beta2: float32(c.Beta2), Eps: float32(c.Eps),
-		StepSize: float32(stepSize),
-		Decay:    float32(1 - c.LR*c.WeightDecay),
-	}
+	return NewAdamParams(c.Beta1, c.Beta2, c.Eps, stepSize, 1-c.LR*c.WeightDecay)
 }

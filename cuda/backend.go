@@ -58,7 +58,8 @@ func b32(v bool) C.int32_t {
 func (b Backend) skip() *C.int32_t { return (*C.int32_t)(b.Skip) }
 
 func adamC(h core.AdamParams) C.gnlp_cuda_adam {
-	return C.gc_adam(C.float(h.Beta1), C.float(h.Beta2), C.float(h.Eps), C.float(h.StepSize), C.float(h.Decay))
+	return C.gc_adam(C.float(h.Beta1), C.float(h.Beta2), C.float(h.OneMinusBeta1), C.float(h.OneMinusBeta2),
+		C.float(h.Eps), C.float(h.StepSize), C.float(h.Decay))
 }
 
 func momentsC(m core.Moments) C.gnlp_cuda_moments {

@@ -714,7 +714,7 @@ struct DeviceSvdOps {
 };
 
 AdamScalars scalars(const gnlp_cuda_adam *h) {
-    return AdamScalars{h->beta1, h->beta2, h->eps, h->step_size, h->decay};
+    return AdamScalars{h->beta1, h->beta2, h->one_minus_beta1, h->one_minus_beta2, h->eps, h->step_size, h->decay};
 }
 
 int check_bits(int32_t bits, const ErrBuf &err) {

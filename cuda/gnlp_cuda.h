@@ -49,7 +49,7 @@ extern "C" {
 #define GNLP_CUDA_ERR_CUDA 15      /* a CUDA runtime/cuBLAS/cuSOLVER call failed */
 
 typedef struct gnlp_cuda_adam {
-    float beta1, beta2, eps, step_size, decay; /* core.AdamParams */
+    float beta1, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, decay; /* core.AdamParams */
 } gnlp_cuda_adam;
 
 /* Adam moments: bits 32 (m1, m2 are float*) or 8/4 (m1, m2 are uint8 codes,

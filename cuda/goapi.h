@@ -111,8 +111,8 @@ static inline gnlp_cuda_moments gc_moments(void *m1, void *m2, void *a1, void *a
     gnlp_cuda_moments m = {m1, m2, (float *)a1, (float *)a2, bits};
     return m;
 }
-static inline gnlp_cuda_adam gc_adam(float b1, float b2, float eps, float step, float decay) {
-    gnlp_cuda_adam h = {b1, b2, eps, step, decay};
+static inline gnlp_cuda_adam gc_adam(float b1, float b2, float omb1, float omb2, float eps, float step, float decay) {
+    gnlp_cuda_adam h = {b1, b2, omb1, omb2, eps, step, decay};
     return h;
 }
 static inline int gc_adam_direction(gnlp_cuda_api *a, int32_t d, float *x, int64_t n, gnlp_cuda_moments m, gnlp_cuda_adam h, const int32_t *skip, void *s, char *e, size_t l) {

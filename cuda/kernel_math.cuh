@@ -207,15 +207,15 @@ GNLP_HD float norm_of(double sumsq) { return (float)sqrt(sumsq); }
 
 // The per-step scalars of core.AdamParams.
 struct AdamScalars {
-    float beta1, beta2, eps, step_size, decay;
+    float beta1, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, decay;
 };
 
 // Advances one pair of moments by x and returns m1 / (sqrt(m2) + eps)
 // (core/cpu adam). sqrtf is correctly rounded on both sides, as Go's
 // float32(math.Sqrt(float64(m2))).
 GNLP_HD float adam_step(float x, float &m1, float &m2, const AdamScalars &h) {
-    m1 = h.beta1 * m1 + (1.0f - h.beta1) * x;
-    m2 = h.beta2 * m2 + (1.0f - h.beta2) * x * x;
+    m1 = h.beta1 * m1 + h.one_minus_beta1 * x;
+    m2 = h.beta2 * m2 + h.one_minus_beta2 * x * x;
     return m1 / (sqrtf(m2) + h.eps);
 }
 

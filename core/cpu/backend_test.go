@@ -98,7 +98,7 @@ func TestWeightNormGradZeroRowPassesGradientThrough(t *testing.T) {
 }
 
 func TestAdamMatchesClosedForm(t *testing.T) {
-	h := core.AdamParams{Beta1: 0.9, Beta2: 0.99, Eps: 1e-8}
+	h := core.NewAdamParams(0.9, 0.99, 1e-8, 0, 0)
 	x := []float32{2, -1}
 	m1, m2 := make([]float32, 2), make([]float32, 2)
 	require.NoError(t, b.AdamDirection(tensor(x, 2), core.Moments{M1: tensor(m1, 2), M2: tensor(m2, 2)}, h))
@@ -109,7 +109,7 @@ func TestAdamMatchesClosedForm(t *testing.T) {
 }
 
 func TestAdamWDecaysThenSteps(t *testing.T) {
-	h := core.AdamParams{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, StepSize: 0.1, Decay: 0.5}
+	h := core.NewAdamParams(0.9, 0.999, 1e-8, 0.1, 0.5)
 	for _, dt := range dtypes {
 		w32 := []float32{4, -8}
 		grad32 := []float32{1, -1}
@@ -145,7 +145,7 @@ func storeAs(dt core.DType, vals []float32) core.Tensor {
 }
 
 func TestWeightNormUpdate(t *testing.T) {
-	h := core.AdamParams{StepSize: 0.5, Decay: 0.9}
+	h := core.NewAdamParams(0, 0, 0, 0.5, 0.9)
 	// Row 0: normal. Row 1: zero row. Row 2: magnitude pushed negative.
 	w := []float32{3, 4, 0, 0, 0, 2}
 	g := []float32{5, 0, 2}
@@ -170,7 +170,7 @@ func TestWeightNormUpdate(t *testing.T) {
 }
 
 func TestWeightNormUpdateVanishingDirectionBecomesZeroRow(t *testing.T) {
-	h := core.AdamParams{StepSize: 1, Decay: 1}
+	h := core.NewAdamParams(0, 0, 0, 1, 1)
 	w, g, s := []float32{1, 0}, []float32{1}, []float32{1}
 	require.NoError(t, b.WeightNormUpdate(tensor(w, 1, 2), tensor(g, 1), tensor(s, 1), tensor([]float32{1, 0}, 1, 2), tensor([]float32{0}, 1), h))
 	assert.Equal(t, []float32{0, 0}, w)

@@ -17,7 +17,7 @@ type adamConsts struct {
 }
 
 func constsOf(h core.AdamParams) adamConsts {
-	return adamConsts{h.Beta1, 1 - h.Beta1, h.Beta2, 1 - h.Beta2, h.Eps, h.StepSize, h.Decay}
+	return adamConsts{h.Beta1, h.OneMinusBeta1, h.Beta2, h.OneMinusBeta2, h.Eps, h.StepSize, h.Decay}
 }
 
 // adamW advances the moments by g and sets w = w Decay - StepSize N with

@@ -24,7 +24,7 @@ func TestKernelsMatchGoFallbackBitForBit(t *testing.T) {
 		t.Skip("no AVX2: only the Go code runs here")
 	}
 	rng := newRNG(5)
-	h := core.AdamParams{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, StepSize: 1.3e-3, Decay: 0.9999}
+	h := core.NewAdamParams(0.9, 0.999, 1e-8, 1.3e-3, 0.9999)
 	for _, n := range []int{1, 7, 8, 9, 31, 32, 33, 100, 1376} {
 		w, g, m1, m2 := randn(rng, n), randn(rng, n), randn(rng, n), randn(rng, n)
 		for i := range m2 {

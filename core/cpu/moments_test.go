@@ -18,7 +18,7 @@ import (
 func TestQuantizedAdamTracksFloatAdam(t *testing.T) {
 	const n = 3*quant.BlockSize + 17 // a partial last block
 	rng := newRNG(11)
-	h := core.AdamParams{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8}
+	h := core.NewAdamParams(0.9, 0.999, 1e-8, 0, 0)
 	f1, f2 := make([]float32, n), make([]float32, n)
 	q1, q2 := make([]uint8, n), make([]uint8, n)
 	blocks := quant.Blocks(n)

@@ -35,7 +35,9 @@ namespace {
 
 const QuantTables kTables = {GNLP_QUANT_SIGNED8, GNLP_QUANT_UNSIGNED8, GNLP_QUANT_SIGNED4, GNLP_QUANT_UNSIGNED4};
 
-AdamScalars scalars(hc_adam h) { return AdamScalars{h.beta1, h.beta2, h.eps, h.step_size, h.decay}; }
+AdamScalars scalars(hc_adam h) {
+    return AdamScalars{h.beta1, h.beta2, h.one_minus_beta1, h.one_minus_beta2, h.eps, h.step_size, h.decay};
+}
 
 // ---------------------------------------------------------------- per dtype
 

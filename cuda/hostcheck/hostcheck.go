@@ -30,7 +30,8 @@ type Backend struct{}
 var _ core.Backend = Backend{}
 
 func adamC(h core.AdamParams) C.hc_adam {
-	return C.hc_adam{beta1: C.float(h.Beta1), beta2: C.float(h.Beta2), eps: C.float(h.Eps),
+	return C.hc_adam{beta1: C.float(h.Beta1), beta2: C.float(h.Beta2),
+		one_minus_beta1: C.float(h.OneMinusBeta1), one_minus_beta2: C.float(h.OneMinusBeta2), eps: C.float(h.Eps),
 		step_size: C.float(h.StepSize), decay: C.float(h.Decay)}
 }
 

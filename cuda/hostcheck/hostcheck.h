@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 typedef struct hc_adam {
-    float beta1, beta2, eps, step_size, decay;
+    float beta1, beta2, one_minus_beta1, one_minus_beta2, eps, step_size, decay;
 } hc_adam;
 
 /* Moments: float32 (bits 32: m1, m2 float*) or quantised (bits 8 or 4: m1,

@@ -230,7 +230,7 @@ func TestWeightNormGrad(t *testing.T) {
 
 func TestWeightNormUpdate(t *testing.T) {
 	const m, n = 10, 257
-	h := core.AdamParams{StepSize: 0.01, Decay: 0.999}
+	h := core.NewAdamParams(0, 0, 0, 0.01, 0.999)
 	for _, dt := range dtypes {
 		rng := newRNG(7)
 		w := randTensor(rng, dt, 1, m, n)
@@ -279,7 +279,7 @@ func moments(t *testing.T, n, bits int, rng *rand.Rand) core.Moments {
 			Bits: bits,
 		}
 	}
-	h := core.AdamParams{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, StepSize: 1e-3, Decay: 1}
+	h := core.NewAdamParams(0.9, 0.999, 1e-8, 1e-3, 1)
 	for range 3 {
 		require.NoError(t, cpu.Backend{}.AdamDirection(randTensor(rng, core.Float32, 1, n), mom, h))
 	}
@@ -333,7 +333,7 @@ func requireCloseMoments(t *testing.T, want, got core.Moments, elems int, what s
 }
 
 func TestAdamDirection(t *testing.T) {
-	h := core.AdamParams{Beta1: 0.9, Beta2: 0.99, Eps: 1e-8, StepSize: 1e-3, Decay: 0.99}
+	h := core.NewAdamParams(0.9, 0.99, 1e-8, 1e-3, 0.99)
 	for _, bits := range []int{32, 8, 4} {
 		for _, n := range []int{4096, 5000, 4097} { // whole blocks, a partial block, an odd tail
 			rng := newRNG(8)
@@ -353,7 +353,7 @@ func TestAdamDirection(t *testing.T) {
 }
 
 func TestAdamW(t *testing.T) {
-	h := core.AdamParams{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, StepSize: 1e-3, Decay: 0.9999}
+	h := core.NewAdamParams(0.9, 0.999, 1e-8, 1e-3, 0.9999)
 	for _, dt := range dtypes {
 		for _, bits := range []int{32, 8, 4} {
 			const n = 4099
