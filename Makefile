@@ -7,6 +7,10 @@
 #                (pass options with DEMO_ARGS="--steps 100 --threads 2")
 #   make ctest   the C ABI test alone
 #   make cuda    build the optional CUDA backend (nvcc) next to the library
+#   make nvcc    install NVIDIA's compiler wheels matching torch's CUDA into
+#                .venv, for `make cuda` on a machine without a CUDA toolkit
+#   make bench   CPU step benchmark vs galore-torch and torch AdamW
+#                (BENCH_ARGS="--models llama60m --steps 10")
 #   make venv    create .venv and install requirements-dev.txt (once)
 #   make clean   remove build outputs (keeps .venv; `make distclean` drops it)
 
@@ -18,6 +22,8 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-stamp
 DEMO_ARGS ?=
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-requirements-stamp
 
 LIB := build/libgradnormlorp.so
 PYLIB := python/gradnormlorp/libgradnormlorp.so
@@ -31,12 +37,12 @@ CFLAGS_TEST := -std=c99 -O1 -g -Wall -Wextra -Werror -pedantic -Iinclude
 export CGO_ENABLED := 1
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all help venv lib cuda test demo ctest vet gotest pytest check-go header-cxx clean distclean
+.PHONY: all help venv lib cuda nvcc bench test demo ctest vet gotest pytest check-go header-cxx clean distclean
 
 all: lib
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
 
 check-go:
 	@command -v $(GO) >/dev/null 2>&1 || { \
@@ -77,6 +83,15 @@ cuda:
 	bash cuda/build.sh build
 	cp build/libgnlp_cuda.so python/gradnormlorp/libgnlp_cuda.so
 
+# nvcc, crt and nvvm wheels of the CUDA release torch was built with
+# (nvidia-cuda-runtime, -cublas and -cusolver already come with torch).
+nvcc: venv
+	@suffix=$$($(VPY) -c 'import torch; v = torch.version.cuda or ""; print(v)'); \
+	if [ -z "$$suffix" ]; then echo "error: this torch is CPU-only; install nvcc from a CUDA toolkit instead" >&2; exit 1; fi; \
+	major=$${suffix%%.*}; pin="==$$suffix.*"; cu=""; [ "$$major" = 12 ] && cu=-cu12; \
+	echo ">> installing nvcc wheels for CUDA $$suffix into $(VENV)"; \
+	$(VPY) -m pip install -q --no-deps "nvidia-cuda-nvcc$$cu$$pin" "nvidia-cuda-crt$$cu$$pin" "nvidia-nvvm$$cu$$pin"
+
 # ---------------------------------------------------------------- tests
 test: venv lib vet gotest ctest pytest
 	@echo ">> make test: all suites passed"
@@ -112,6 +127,14 @@ pytest: venv lib
 	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) -m pytest tests/python -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests in tests/python" >&2; fi; \
 	exit $$rc
+
+# ---------------------------------------------------------------- bench
+$(BENCH_STAMP): requirements-bench.txt requirements-dev.txt | venv
+	$(VPY) -m pip install -q -r requirements-bench.txt
+	@touch $@
+
+bench: $(BENCH_STAMP) lib
+	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/step.py $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- demo
 demo: venv | check-go

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,7 +31,8 @@ func TestMissingLibraryTellsHowToBuildIt(t *testing.T) {
 // TestBuildAndLoadWithoutGPU compiles libgnlp_cuda.so with build.sh (sm_80
 // only, to keep it short) when nvcc can be found, loads it, and checks that
 // on a machine without a driver every call fails cleanly with
-// GNLP_ERR_NO_DRIVER. Skipped, saying why, without nvcc.
+// GNLP_ERR_NO_DRIVER. Skipped, saying why, without nvcc, unless
+// GNLP_REQUIRE_NVCC=1 (CI sets it: there a missing compiler is a failure).
 func TestBuildAndLoadWithoutGPU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("compiles CUDA code (-short)")
@@ -39,7 +41,7 @@ func TestBuildAndLoadWithoutGPU(t *testing.T) {
 	cmd := exec.Command("bash", "build.sh", out)
 	cmd.Env = append(cmd.Environ(), "GNLP_CUDA_ARCHS=80")
 	if log, err := cmd.CombinedOutput(); err != nil {
-		if strings.Contains(string(log), "no nvcc found") {
+		if strings.Contains(string(log), "no nvcc found") && os.Getenv("GNLP_REQUIRE_NVCC") != "1" {
 			t.Skipf("nvcc not found, libgnlp_cuda.so not built (install the nvidia-cuda-nvcc, nvidia-cuda-crt and nvidia-nvvm wheels into .venv):\n%s", log)
 		}
 		t.Fatalf("cuda/build.sh failed: %v\n%s", err, log)
