@@ -130,7 +130,10 @@ typedef struct gnlp_config {
     int32_t update_proj_gap; /* T: refresh the projector when (step-1) % T == 0 */
     int32_t proj_type;       /* gnlp_proj_type */
     int32_t correct_bias;    /* nonzero: Adam bias correction in the step size */
-    int32_t optim_bits;      /* 32 (fp32 moments); other values are rejected */
+    int32_t optim_bits;      /* 32, 8 or 4: width of the stored Adam moments and
+                              * projector (8/4: blockwise dynamic codes with
+                              * an fp32 absmax per 256 values, for buffers of
+                              * >= 4096 elements; see gnlp_state_layout) */
     int32_t refresh;         /* 0 exact SVD, 1 subspace iteration */
 } gnlp_config;
 
@@ -193,7 +196,15 @@ gnlp_config gnlp_config_default(void);
  * `capacity` specs to `specs` and the total count to `*count` (so a call with
  * capacity 0 and specs NULL sizes the array). GNLP_ERR_BUFFER_TOO_SMALL if
  * capacity < count. Buffer order is the order every other call expects.
- * Only param's dtype, ndim and shape are read. */
+ * Only param's dtype, ndim and shape are read (data may be NULL).
+ *
+ * Buffers (a subset, by case): exp_avg, exp_avg_sq (Adam moments, in the
+ * low-rank shape for projected matrices); proj_left (m x k), proj_right
+ * (k x n); magnitude and direction_norm (per row, fp32) with
+ * magnitude_exp_avg, magnitude_exp_avg_sq. Under optim_bits 8 or 4 the
+ * moments and projectors of >= 4096 elements are GNLP_UINT8 codes (4-bit
+ * codes packed two per byte, flat) each followed by a float32
+ * NAME_absmax buffer with one value per block of 256. */
 gnlp_status gnlp_state_layout(const gnlp_tensor *param, const gnlp_config *config,
                               gnlp_buffer_spec *specs, int32_t capacity, int32_t *count);
 

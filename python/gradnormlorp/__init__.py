@@ -9,7 +9,7 @@ The shared library (libgradnormlorp.so next to this file, or
 $GRADNORMLORP_LIBRARY) is loaded when the first optimizer is created.
 """
 
-from ._lib import ABI_VERSION, GradNormLoRPError, library_path, library_version
+from ._lib import ABI_VERSION, GradNormLoRPError, device_info, library_path, library_version
 from .groups import target_param_groups
 from .optimizer import GradNormLoRP
 
@@ -20,6 +20,7 @@ __all__ = [
     "GradNormLoRP",
     "GradNormLoRPError",
     "__version__",
+    "device_info",
     "library_path",
     "library_version",
     "target_param_groups",

@@ -155,11 +155,27 @@ class gnlp_step_item(ctypes.Structure):
     ]
 
 
+class gnlp_gpu_info(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char * 96),
+        ("uuid", ctypes.c_char * 96),
+        ("driver_version", ctypes.c_char * 32),
+        ("cuda_driver_version", ctypes.c_int32),
+        ("device_count", ctypes.c_int32),
+        ("compute_major", ctypes.c_int32),
+        ("compute_minor", ctypes.c_int32),
+        ("memory_total", ctypes.c_int64),
+        ("memory_used", ctypes.c_int64),
+        ("memory_free", ctypes.c_int64),
+    ]
+
+
 # Sizes on LP64 (Linux x86-64 / aarch64), as a C compiler lays the header out.
 assert ctypes.sizeof(gnlp_tensor) == 56
 assert ctypes.sizeof(gnlp_config) == 72
 assert ctypes.sizeof(gnlp_buffer_spec) == 64
 assert ctypes.sizeof(gnlp_step_item) == 208
+assert ctypes.sizeof(gnlp_gpu_info) == 264
 
 _T_P = ctypes.POINTER(gnlp_tensor)
 _C_P = ctypes.POINTER(gnlp_config)
@@ -176,6 +192,7 @@ _SIGNATURES = {
     "gnlp_state_init": (ctypes.c_int, [_T_P, _T_P, ctypes.c_int32, _C_P, ctypes.c_void_p]),
     "gnlp_step": (ctypes.c_int, [_T_P, _T_P, _T_P, ctypes.c_int32, _C_P, ctypes.c_int64, ctypes.c_void_p]),
     "gnlp_step_batch": (ctypes.c_int, [ctypes.POINTER(gnlp_step_item), ctypes.c_int32, ctypes.c_void_p]),
+    "gnlp_device_info": (ctypes.c_int, [ctypes.c_int32, ctypes.POINTER(gnlp_gpu_info)]),
 }
 
 _lock = threading.Lock()
@@ -351,3 +368,18 @@ def state_init(param: gnlp_tensor, state: ctypes.Array, config: gnlp_config, str
 
 def step_batch(items: ctypes.Array, stream=None) -> None:
     check(lib().gnlp_step_batch(items, len(items), stream))
+
+
+def device_info(index: int = 0) -> dict:
+    """What the NVIDIA driver (NVML, through gnlp_device_info) says about GPU
+    ``index``: name, uuid, driver and CUDA versions, compute capability and
+    memory in bytes. Raises GradNormLoRPError (status GNLP_ERR_NO_DRIVER)
+    where there is no NVIDIA driver."""
+    info = gnlp_gpu_info()
+    check(lib().gnlp_device_info(int(index), ctypes.byref(info)), f"device_info({index})")
+    out = {name: getattr(info, name) for name, _ in gnlp_gpu_info._fields_}
+    for name in ("name", "uuid", "driver_version"):
+        out[name] = out[name].decode("utf-8", errors="replace")
+    major, minor = divmod(info.cuda_driver_version // 10, 100)
+    out["cuda_driver_version"] = f"{major}.{minor}"
+    return out

@@ -1,7 +1,7 @@
 """Direct C ABI calls for the GPU tests: one parameter's state and steps
 through gnlp_state_layout / gnlp_state_init / gnlp_step(_batch)(_async),
-on any device and stream, plus the device functions the package does not
-bind (yet)."""
+on any device and stream, plus the CUDA-only functions the package does
+not bind."""
 
 from __future__ import annotations
 
@@ -12,25 +12,8 @@ import torch
 from gradnormlorp import _lib as L
 
 
-class GpuInfo(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_char * 96),
-        ("uuid", ctypes.c_char * 96),
-        ("driver_version", ctypes.c_char * 32),
-        ("cuda_driver_version", ctypes.c_int32),
-        ("device_count", ctypes.c_int32),
-        ("compute_major", ctypes.c_int32),
-        ("compute_minor", ctypes.c_int32),
-        ("memory_total", ctypes.c_int64),
-        ("memory_used", ctypes.c_int64),
-        ("memory_free", ctypes.c_int64),
-    ]
-
-
 def lib():
     h = L.lib()
-    h.gnlp_device_info.restype = ctypes.c_int
-    h.gnlp_device_info.argtypes = [ctypes.c_int32, ctypes.POINTER(GpuInfo)]
     h.gnlp_cuda_scratch.restype = ctypes.c_int
     h.gnlp_cuda_scratch.argtypes = [ctypes.c_int32, ctypes.c_int32] + [ctypes.POINTER(ctypes.c_int64)] * 3
     h.gnlp_step_batch_async.restype = ctypes.c_int

@@ -306,3 +306,10 @@ def test_library_identity():
     assert _lib.lib().gnlp_abi_version() == gradnormlorp.ABI_VERSION == 1
     assert gradnormlorp.library_version()
     assert isinstance(gradnormlorp.__version__, str)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without an NVIDIA driver")
+def test_device_info_without_driver_says_so():
+    with pytest.raises(GradNormLoRPError, match=r"no NVIDIA driver") as ei:
+        gradnormlorp.device_info()
+    assert ei.value.status == _lib.GNLP_ERR_NO_DRIVER
