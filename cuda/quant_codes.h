@@ -148,7 +148,7 @@
 }
 
 #define GNLP_QUANT_UNSIGNED4 { \
-    0x0p+00f, 0x1.a9fbe8p-09f, 0x1.fbe76cp-08f, 0x1.5c28f6p-06f, \
+    0x1.47ae14p-09f, 0x1.6872bp-08f, 0x1.16872cp-07f, 0x1.5c28f6p-06f, \
     0x1.666666p-05f, 0x1.0f5c28p-04f, 0x1.6b851ep-04f, 0x1.4p-03f, \
     0x1.133334p-02f, 0x1.866666p-02f, 0x1.f9999ap-02f, 0x1.366666p-01f, \
     0x1.7p-01f, 0x1.a9999ap-01f, 0x1.e33334p-01f, 0x1p+00f, \

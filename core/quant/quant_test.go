@@ -19,14 +19,34 @@ func TestCodesAreSortedAndSpanTheRange(t *testing.T) {
 			assert.Less(t, c[i-1], c[i], "%v code strictly increasing at %d", f, i)
 		}
 		assert.Equal(t, float32(1), c[len(c)-1], f.String())
-		assert.Contains(t, c, float32(0), f.String())
-		if f.Signed {
+		switch {
+		case f.Signed:
+			assert.Contains(t, c, float32(0), f.String())
 			assert.InDelta(t, -1, c[0], 0.25, f.String())
-		} else {
+		case f == Unsigned4:
+			assert.InDelta(t, 0.0025, c[0], 1e-9, "unsigned 4-bit has no zero")
+		default:
 			assert.Equal(t, float32(0), c[0], f.String())
 		}
 	}
 	assert.InDelta(t, -1, Signed8.Code()[0], 0.01)
+}
+
+// TestUnsigned4SecondMomentsStayOffZero: a block with one large and many
+// tiny second moments (a sparse gradient's) keeps the tiny ones at least
+// c[0] times the absmax, so m1 / sqrt(m2) stays bounded.
+func TestUnsigned4SecondMomentsStayOffZero(t *testing.T) {
+	vals := make([]float32, BlockSize)
+	vals[0] = 1
+	for i := 1; i < len(vals); i++ {
+		vals[i] = 1e-9 * float32(i)
+	}
+	codes := make([]byte, Unsigned4.Bytes(len(vals)))
+	back := make([]float32, len(vals))
+	Unsigned4.Decode(codes, Unsigned4.Encode(vals, codes), back)
+	for i, v := range back {
+		assert.GreaterOrEqual(t, v, Unsigned4.Code()[0], "value %d", i)
+	}
 }
 
 // TestRoundTripErrorBound: every value comes back within half the gap
@@ -58,7 +78,11 @@ func TestRoundTripErrorBound(t *testing.T) {
 					hi++
 				}
 				gap := float64(c[hi]-c[hi-1]) * float64(absmax)
-				assert.LessOrEqual(t, math.Abs(float64(back[i]-v)), gap/2+1e-6*float64(absmax), "%v value %d", f, i)
+				bound := gap / 2
+				if x < c[0] { // below a zero-free code's smallest value
+					bound = float64(c[0]-x) * float64(absmax)
+				}
+				assert.LessOrEqual(t, math.Abs(float64(back[i]-v)), bound+1e-6*float64(absmax), "%v value %d", f, i)
 				if math.Abs(float64(x)) > 0.5 {
 					assert.InEpsilon(t, v, back[i], nearMax[f.Bits], "%v relative error near the absmax", f)
 				}
