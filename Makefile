@@ -75,7 +75,7 @@ $(LIB): $(GO_SRC) go.mod go.sum include/gradnormlorp.h | check-go
 	@rm -f build/libgradnormlorp.h
 
 $(PYLIB): $(LIB)
-	cp $(LIB) $(PYLIB)
+	cp $(LIB) $(PYLIB).tmp && mv -f $(PYLIB).tmp $(PYLIB)  # atomic: running processes keep the old file
 
 # The optional CUDA backend (needs nvcc: CUDA toolkit or the PyPI wheels in
 # .venv; see cuda/build.sh). libgradnormlorp.so loads it from beside itself.
