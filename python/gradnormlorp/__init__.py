@@ -11,6 +11,7 @@ $GRADNORMLORP_LIBRARY) is loaded when the first optimizer is created.
 
 from ._lib import ABI_VERSION, GradNormLoRPError, device_info, library_path, library_version
 from .groups import target_param_groups
+from .layerwise import LayerwiseGradNormLoRP
 from .optimizer import GradNormLoRP
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "ABI_VERSION",
     "GradNormLoRP",
     "GradNormLoRPError",
+    "LayerwiseGradNormLoRP",
     "__version__",
     "device_info",
     "library_path",

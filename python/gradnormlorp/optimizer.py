@@ -251,24 +251,34 @@ class GradNormLoRP(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._step_params(
+            (gi, pi) for gi, group in enumerate(self.param_groups) for pi in range(len(group["params"]))
+        )
+        return loss
 
+    def _step_params(self, which: Iterable[tuple[int, int]]) -> None:
+        """Update the parameters given as (group index, index in group) that
+        have a gradient, under their groups' current hyperparameters: one
+        library call per device. Layer-wise mode steps one parameter at a time
+        through this."""
         batches: dict[tuple[int, int], list] = {}  # device -> [(p, state, new, item fields)]
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                if p.grad is None or p.numel() == 0:
-                    continue
-                where = f"parameter {pi} of param group {gi}"
-                grad = self._checked_grad(where, p)
-                shape, cfg = self._plan(group, p)
-                layout = self._layout(p, shape, cfg)
-                state = self.state.get(p)
-                new = not state
-                if new:
-                    state = self._new_state(p, shape, cfg, layout)
-                else:
-                    self._check_state(where, p, state, layout, cfg)
-                dev = _lib.device_of(p)
-                batches.setdefault(dev, []).append((p, grad, shape, cfg, layout, state, new))
+        for gi, pi in which:
+            group = self.param_groups[gi]
+            p = group["params"][pi]
+            if p.grad is None or p.numel() == 0:
+                continue
+            where = f"parameter {pi} of param group {gi}"
+            grad = self._checked_grad(where, p)
+            shape, cfg = self._plan(group, p)
+            layout = self._layout(p, shape, cfg)
+            state = self.state.get(p)
+            new = not state
+            if new:
+                state = self._new_state(p, shape, cfg, layout)
+            else:
+                self._check_state(where, p, state, layout, cfg)
+            dev = _lib.device_of(p)
+            batches.setdefault(dev, []).append((p, grad, shape, cfg, layout, state, new))
 
         for entries in batches.values():
             n = len(entries)
@@ -291,7 +301,6 @@ class GradNormLoRP(Optimizer):
                 if new:
                     self.state[p] = state
             del keep
-        return loss
 
     @staticmethod
     def _checked_grad(where: str, p: torch.Tensor) -> torch.Tensor:
