@@ -124,7 +124,7 @@ ctest: $(CTEST) header-cxx
 
 pytest: venv lib
 	@echo ">> pytest tests/python"
-	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) -m pytest tests/python -q; rc=$$?; \
+	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) -m pytest tests/python -q -rs; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests in tests/python" >&2; fi; \
 	exit $$rc
 
