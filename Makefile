@@ -11,6 +11,8 @@
 #                .venv, for `make cuda` on a machine without a CUDA toolkit
 #   make bench   CPU step benchmark vs galore-torch and torch AdamW
 #                (BENCH_ARGS="--models llama60m --steps 10")
+#   make bench-convergence   AdamW vs GaLore vs GradNormLoRP vs LoRA on
+#                tinyshakespeare, ~18 min (CONVERGENCE_ARGS="--steps 200")
 #   make venv    create .venv and install requirements-dev.txt (once)
 #   make clean   remove build outputs (keeps .venv; `make distclean` drops it)
 
@@ -23,6 +25,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-stamp
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+CONVERGENCE_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-requirements-stamp
 
 LIB := build/libgradnormlorp.so
@@ -37,12 +40,12 @@ CFLAGS_TEST := -std=c99 -O1 -g -Wall -Wextra -Werror -pedantic -Iinclude
 export CGO_ENABLED := 1
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all help venv lib cuda nvcc bench test demo ctest vet gotest pytest check-go header-cxx clean distclean
+.PHONY: all help venv lib cuda nvcc bench bench-convergence test demo ctest vet gotest pytest check-go header-cxx clean distclean
 
 all: lib
 
 help:
-	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,18p' Makefile | sed 's/^# \{0,1\}//'
 
 check-go:
 	@command -v $(GO) >/dev/null 2>&1 || { \
@@ -135,6 +138,9 @@ $(BENCH_STAMP): requirements-bench.txt requirements-dev.txt | venv
 
 bench: $(BENCH_STAMP) lib
 	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/step.py $(BENCH_ARGS)
+
+bench-convergence: $(BENCH_STAMP) lib
+	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/convergence.py $(CONVERGENCE_ARGS)
 
 # ---------------------------------------------------------------- demo
 demo: venv | check-go
