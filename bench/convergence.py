@@ -48,7 +48,8 @@ from typing import Callable
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CORPUS = "/work/shared/data/tinyshakespeare.txt"
+# ../shared/data next to the checkout, as on the project's machines
+DEFAULT_CORPUS = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshakespeare.txt")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BETAS = (0.9, 0.999)
 EPS = 1e-8

