@@ -1,6 +1,7 @@
 package cpu
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/gradnormlorp/gradnormlorp/core"
@@ -35,6 +36,24 @@ func BenchmarkStep(b *testing.B) {
 		b.Run(c.name+"/refresh-subspace", func(b *testing.B) {
 			for range b.N {
 				ms.step(b, int64(cfg.UpdateProjGap)+1)
+			}
+		})
+	}
+}
+
+// BenchmarkStepBits is the non-refresh step of the 60M-shaped model with
+// float32, 8-bit and 4-bit optimizer state: the quantised steps decode and
+// re-encode every moment (and, at 4 bits, projector) block.
+func BenchmarkStepBits(b *testing.B) {
+	for _, bits := range []int{32, 8, 4} {
+		cfg := core.DefaultConfig()
+		cfg.OptimBits = bits
+		m := newModel(b, llama60M, cfg)
+		b.Run(fmt.Sprintf("%s/bits%d", llama60M.name, bits), func(b *testing.B) {
+			t := int64(2)
+			for range b.N {
+				m.step(b, t)
+				t = t%(int64(cfg.UpdateProjGap)-1) + 2 // never a refresh step
 			}
 		})
 	}

@@ -29,6 +29,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"sync"
 )
 
 // BlockSize is the number of values sharing one absmax, as in bitsandbytes'
@@ -67,6 +68,17 @@ type Code []float32
 var codes = map[Format]Code{
 	Signed8: dynamicCode(Signed8), Unsigned8: dynamicCode(Unsigned8),
 	Signed4: dynamicCode(Signed4), Unsigned4: dynamicCode(Unsigned4),
+}
+
+// lookups are the fast Nearest of each format, for Encode; each takes a
+// millisecond to build, so it is built on first use.
+var lookups = map[Format]func() *lookup{
+	Signed8: lazyLookup(Signed8), Unsigned8: lazyLookup(Unsigned8),
+	Signed4: lazyLookup(Signed4), Unsigned4: lazyLookup(Unsigned4),
+}
+
+func lazyLookup(f Format) func() *lookup {
+	return sync.OnceValue(func() *lookup { return newLookup(codes[f]) })
 }
 
 // Code returns the format's table.
@@ -142,45 +154,147 @@ func (c Code) Nearest(x float32) uint8 {
 	return uint8(hi)
 }
 
+// lookup finds Code.Nearest's answer without a search. Nearest is
+// monotone in x, so code j+1 or above is the answer exactly when
+// x >= above[j]; the thresholds are found by bisecting Nearest itself, which
+// keeps its float32 rounding and tie rule without restating them. A table
+// indexed by the top 16 bits of x's float32 representation (sign, exponent,
+// 7 mantissa bits) gives the lowest answer within that bucket; buckets are
+// 1/128 of an octave wide, so a step or two up the thresholds finishes.
+// The arrays are fixed-size so that uint8 indices need no bounds checks.
+type lookup struct {
+	start [1 << 16]uint8
+	code  [256]float32 // the code, then zeros
+	above [256]float32 // above[:last]
+	last  uint8        // the last code
+}
+
+func newLookup(c Code) *lookup {
+	l := &lookup{last: uint8(len(c) - 1)}
+	copy(l.code[:], c)
+	for j := range int(l.last) {
+		// Nearest(c[j]) = j and Nearest(c[j+1]) = j+1: bisect the float32s
+		// between them, in order, for the first one above j.
+		lo, hi := orderedBits(c[j]), orderedBits(c[j+1])
+		for hi-lo > 1 {
+			mid := lo + (hi-lo)/2
+			if int(c.Nearest(fromOrderedBits(mid))) > j {
+				hi = mid
+			} else {
+				lo = mid
+			}
+		}
+		l.above[j] = fromOrderedBits(hi)
+	}
+	for b := range l.start {
+		// The bucket's ends are its smallest and largest values (the other
+		// way round for negatives); taking the lower answer of the two also
+		// covers the buckets holding ±Inf and NaNs (whose answer is the last
+		// code).
+		first := math.Float32frombits(uint32(b) << 16)
+		last := math.Float32frombits(uint32(b)<<16 | 0xffff)
+		l.start[b] = min(c.Nearest(first), c.Nearest(last))
+	}
+	return l
+}
+
+// orderedBits maps float32s to integers in the same order (-0 just below
+// +0), so bisection can step through every float32 between two values.
+func orderedBits(x float32) int64 {
+	b := math.Float32bits(x)
+	if b>>31 != 0 {
+		return -int64(b&^(1<<31)) - 1
+	}
+	return int64(b)
+}
+
+func fromOrderedBits(k int64) float32 {
+	if k < 0 {
+		return math.Float32frombits(uint32(-(k + 1)) | 1<<31)
+	}
+	return math.Float32frombits(uint32(k))
+}
+
+// nearest is c.Nearest(x) for the lookup's code. !(x < t) rather than
+// x >= t sends NaN to the last code, as Nearest's search does.
+func (l *lookup) nearest(x float32) uint8 {
+	q := l.start[math.Float32bits(x)>>16]
+	for q < l.last && !(x < l.above[q]) {
+		q++
+	}
+	return q
+}
+
 // Encode quantises one block of values (at most BlockSize) into out, which
 // holds f.Bytes(len(vals)) bytes, and returns the block's absmax.
 func (f Format) Encode(vals []float32, out []byte) (absmax float32) {
-	for _, v := range vals {
-		absmax = max(absmax, float32(math.Abs(float64(v))))
-	}
-	c := f.Code()
+	absmax = absMax(vals)
+	l := lookups[f]()
 	inv := float32(0)
 	if absmax > 0 {
 		inv = 1 / absmax
 	}
 	if f.Bits == 8 {
 		for i, v := range vals {
-			out[i] = c.Nearest(v * inv)
+			out[i] = l.nearest(v * inv)
 		}
 		return absmax
 	}
-	for i := 0; i < len(vals); i += 2 {
-		lo := c.Nearest(vals[i] * inv)
-		hi := uint8(0)
-		if i+1 < len(vals) {
-			hi = c.Nearest(vals[i+1] * inv)
-		}
-		out[i/2] = lo | hi<<4
+	pairs := len(vals) / 2
+	for i := range pairs {
+		out[i] = l.nearest(vals[2*i]*inv) | l.nearest(vals[2*i+1]*inv)<<4
+	}
+	if len(vals)%2 == 1 {
+		out[pairs] = l.nearest(vals[2*pairs] * inv)
+	}
+	return absmax
+}
+
+// absMax is the largest |v|, NaN if any v is NaN. Without NaNs the float
+// order of magnitudes is the integer order of their bits, which compiles
+// to branch-free code (the float max does not); four accumulators keep the
+// loop off one dependency chain.
+func absMax(vals []float32) float32 {
+	const mag = 1<<31 - 1
+	var m0, m1, m2, m3 uint32
+	i := 0
+	for ; i+4 <= len(vals); i += 4 {
+		v := vals[i : i+4 : i+4]
+		m0 = max(m0, math.Float32bits(v[0])&mag)
+		m1 = max(m1, math.Float32bits(v[1])&mag)
+		m2 = max(m2, math.Float32bits(v[2])&mag)
+		m3 = max(m3, math.Float32bits(v[3])&mag)
+	}
+	for ; i < len(vals); i++ {
+		m0 = max(m0, math.Float32bits(vals[i])&mag)
+	}
+	bits := max(m0, m1, m2, m3)
+	if bits <= 0x7f800000 {
+		return math.Float32frombits(bits)
+	}
+	absmax := float32(0) // a NaN: let float max pick which one, as before
+	for _, v := range vals {
+		absmax = max(absmax, float32(math.Abs(float64(v))))
 	}
 	return absmax
 }
 
 // Decode expands the codes of one block into out (len(out) values).
 func (f Format) Decode(codes []byte, absmax float32, out []float32) {
-	c := f.Code()
+	c := &lookups[f]().code
 	if f.Bits == 8 {
-		for i := range out {
-			out[i] = c[codes[i]] * absmax
+		codes = codes[:len(out)]
+		for i, q := range codes {
+			out[i] = c[q] * absmax
 		}
 		return
 	}
-	for i := range out {
-		q := codes[i/2] >> (4 * (i % 2)) & 0xf
-		out[i] = c[q] * absmax
+	pairs := len(out) / 2
+	for i, q := range codes[:pairs] {
+		out[2*i] = c[q&0xf] * absmax
+		out[2*i+1] = c[q>>4] * absmax
+	}
+	if len(out)%2 == 1 {
+		out[2*pairs] = c[codes[pairs]&0xf] * absmax
 	}
 }

@@ -117,3 +117,59 @@ func TestSizes(t *testing.T) {
 	assert.Equal(t, 5, Signed4.Bytes(9))
 	assert.Equal(t, 9, Unsigned8.Bytes(9))
 }
+
+// TestLookupMatchesNearest: Encode's table lookup gives Code.Nearest's
+// answer for table values, exact midpoints and the float32s either side of
+// them, ±0, ±Inf, NaN, values beyond ±1, both ends of every lookup bucket
+// and random values at every scale.
+func TestLookupMatchesNearest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, f := range formats {
+		c, l := f.Code(), lookups[f]()
+		var xs []float32
+		around := func(x float32) {
+			xs = append(xs, x, -x,
+				math.Nextafter32(x, float32(math.Inf(1))), math.Nextafter32(x, float32(math.Inf(-1))))
+		}
+		for i, v := range c {
+			around(v)
+			if i > 0 {
+				around((c[i-1] + c[i]) / 2)
+				around(float32((float64(c[i-1]) + float64(c[i])) / 2))
+			}
+		}
+		for _, x := range []float32{0, 1, 1.5, 2, 1e30, float32(math.Inf(1)), float32(math.NaN()), math.MaxFloat32, math.SmallestNonzeroFloat32} {
+			around(x)
+		}
+		for b := range uint32(1 << 16) {
+			xs = append(xs, math.Float32frombits(b<<16), math.Float32frombits(b<<16|0xffff))
+		}
+		for range 1 << 20 {
+			xs = append(xs, math.Float32frombits(rng.Uint32()),
+				float32(rng.NormFloat64()*math.Pow(10, -8*rng.Float64())))
+		}
+		for _, x := range xs {
+			if got, want := l.nearest(x), c.Nearest(x); got != want {
+				t.Fatalf("%v: lookup(%g = %#08x) = %d, Nearest = %d", f, x, math.Float32bits(x), got, want)
+			}
+		}
+	}
+}
+
+// BenchmarkCodec encodes and decodes one block of each format.
+func BenchmarkCodec(b *testing.B) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	vals := make([]float32, BlockSize)
+	for i := range vals {
+		vals[i] = float32(rng.NormFloat64() * 1e-3)
+	}
+	for _, f := range formats {
+		codes := make([]byte, f.Bytes(BlockSize))
+		back := make([]float32, BlockSize)
+		b.Run(f.String(), func(b *testing.B) {
+			for range b.N {
+				f.Decode(codes, f.Encode(vals, codes), back)
+			}
+		})
+	}
+}
