@@ -56,6 +56,8 @@ EPS = 1e-8
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from gradnormlorp.demo import add_model_arguments
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="training steps per method (default %(default)s)")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="text file, byte-level (default %(default)s)")
@@ -69,14 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=None, help="one shared peak LR for all methods (skips the sweep)")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2", help="peak LRs of the sweep (default %(default)s)")
     ap.add_argument("--sweep-steps", type=int, default=None, help="steps of each sweep run (default: steps/4)")
-    ap.add_argument("--update-proj-gap", type=int, default=50, help="steps between projector refreshes (default %(default)s)")
-    ap.add_argument("--scale", type=float, default=0.25,
-                    help="alpha of GaLore and GradNormLoRP, and LoRA's lora_alpha/r (default %(default)s)")
-    ap.add_argument("--hidden", type=int, default=128, help="model width (default %(default)s)")
-    ap.add_argument("--layers", type=int, default=4, help="transformer blocks (default %(default)s)")
-    ap.add_argument("--heads", type=int, default=4, help="attention heads (default %(default)s)")
-    ap.add_argument("--batch-size", type=int, default=16, help="sequences per step (default %(default)s)")
-    ap.add_argument("--seq-len", type=int, default=128, help="bytes per sequence (default %(default)s)")
+    add_model_arguments(ap)  # --scale is also LoRA's lora_alpha / r
     ap.add_argument("--evals", type=int, default=12, help="points on the eval curve (default %(default)s)")
     ap.add_argument("--curve-batches", type=int, default=8,
                     help="test batches per curve point; the final loss uses the whole test split (default %(default)s)")

@@ -25,6 +25,19 @@ import sys
 import time
 
 
+def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The model, batch and projection options shared with bench/convergence.py."""
+    ap.add_argument("--update-proj-gap", type=int, default=50,
+                    help="steps between projector refreshes (default: %(default)s)")
+    ap.add_argument("--scale", type=float, default=0.25,
+                    help="scale (alpha) of the projected update (default: %(default)s)")
+    ap.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: %(default)s)")
+    ap.add_argument("--seq-len", type=int, default=128, help="bytes per sequence (default: %(default)s)")
+    ap.add_argument("--hidden", type=int, default=128, help="model width (default: %(default)s)")
+    ap.add_argument("--layers", type=int, default=4, help="transformer blocks (default: %(default)s)")
+    ap.add_argument("--heads", type=int, default=4, help="attention heads (default: %(default)s)")
+
+
 def _parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m gradnormlorp.demo",
@@ -39,15 +52,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
                     help="peak learning rate, after a 5%% warmup and before a cosine decay (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for PyTorch and the Go library (default: all cores)")
-    ap.add_argument("--update-proj-gap", type=int, default=50,
-                    help="steps between projector refreshes (default: %(default)s)")
-    ap.add_argument("--scale", type=float, default=0.25, help="scale (alpha) of the projected update (default: %(default)s)")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (default: %(default)s)")
-    ap.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: %(default)s)")
-    ap.add_argument("--seq-len", type=int, default=128, help="bytes per sequence (default: %(default)s)")
-    ap.add_argument("--hidden", type=int, default=128, help="model width (default: %(default)s)")
-    ap.add_argument("--layers", type=int, default=4, help="transformer blocks (default: %(default)s)")
-    ap.add_argument("--heads", type=int, default=4, help="attention heads (default: %(default)s)")
+    add_model_arguments(ap)
     ap.add_argument("--eval-every", type=int, default=None,
                     help="steps between eval losses (default: 8 evals per run)")
     ap.add_argument("--eval-batches", type=int, default=8, help="batches per eval (default: %(default)s)")

@@ -20,7 +20,9 @@ def finite_state(opt):
                 assert torch.isfinite(v).all(), f"state {k} holds NaN/Inf"
 
 
-def run_both(W0, grad_at, steps, **kw):
+def run_both(W0, grad_at, steps, after_step=None, **kw):
+    """The library and the oracle from W0 on the same gradients;
+    after_step(t, p, opt), if given, inspects the library after step t."""
     p, q = torch.nn.Parameter(W0.clone()), torch.nn.Parameter(W0.clone())
     opt, orc = GradNormLoRP([p], **kw), Oracle([q], **kw)
     for t in range(1, steps + 1):
@@ -29,6 +31,8 @@ def run_both(W0, grad_at, steps, **kw):
         opt.step()
         orc.step()
         assert torch.isfinite(p).all(), f"step {t}: W holds NaN/Inf"
+        if after_step:
+            after_step(t, p, opt)
     finite_state(opt)
     return p, q, opt, orc
 
@@ -100,13 +104,8 @@ def test_zero_initialised_matrix(shape, proj_type):
     full = proj_type == "full"
     kw = dict(lr=1e-2, eps=1e-2 if full else 1e-8, rank=4, update_proj_gap=6, proj_type=proj_type, weight_decay=0.1)
     bound = 3e-5 if full else 1e-5
-    p, q = torch.nn.Parameter(W0.clone()), torch.nn.Parameter(W0.clone())
-    opt, orc = GradNormLoRP([p], **kw), Oracle([q], **kw)
-    for t in range(1, 21):
-        g = grads(t)
-        p.grad, q.grad = g.clone(), g.clone()
-        opt.step()
-        orc.step()
+
+    def rows_join_normalisation(t, p, opt):
         if t == 1:
             st = opt.state[p]
             rows = p.detach().norm(dim=1)
@@ -114,10 +113,11 @@ def test_zero_initialised_matrix(shape, proj_type):
             # g = s = ||W'_i|| afterwards: the rows join weight normalisation.
             assert torch.allclose(st["magnitude"], rows, rtol=1e-6)
             assert torch.allclose(st["direction_norm"], rows, rtol=1e-6)
+
+    p, q, _, _ = run_both(W0, grads, 20, rows_join_normalisation, **kw)
     name = f"{shape} {proj_type}"
     e = record("zero-initialised W, 20 steps", rel(p.detach(), q.detach()), bound, name)
     assert e <= bound
-    finite_state(opt)
 
 
 @pytest.mark.parametrize("proj_type", PROJ_TYPES)
@@ -127,16 +127,13 @@ def test_zero_rows_join_normalisation(proj_type):
     W0[[0, 5, 23]] = 0
     grads = GradSeq(m, n, 17)
     kw = dict(lr=1e-2, eps=1e-4 if proj_type == "full" else 1e-8, rank=4, update_proj_gap=6, proj_type=proj_type, weight_decay=0.1)
-    p, q = torch.nn.Parameter(W0.clone()), torch.nn.Parameter(W0.clone())
-    opt, orc = GradNormLoRP([p], **kw), Oracle([q], **kw)
-    for t in range(1, 21):
-        g = grads(t)
-        p.grad, q.grad = g.clone(), g.clone()
-        opt.step()
-        orc.step()
+
+    def zero_rows_become_nonzero(t, p, opt):
         if t == 1:
             assert (opt.state[p]["magnitude"][[0, 5, 23]] > 0).all()
             assert (p.detach()[[0, 5, 23]].norm(dim=1) > 0).all()
+
+    p, q, opt, orc = run_both(W0, grads, 20, zero_rows_become_nonzero, **kw)
     e = record("zero rows, 20 steps", rel(p.detach(), q.detach()), 1e-5, proj_type)
     assert e <= 1e-5
     for key in ("magnitude", "direction_norm"):
