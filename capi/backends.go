@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/gradnormlorp/gradnormlorp/core"
+	"github.com/gradnormlorp/gradnormlorp/core/cpu"
 	"github.com/gradnormlorp/gradnormlorp/cuda"
 )
 
@@ -34,6 +35,9 @@ func (d device) String() string {
 func deviceFromC(t *C.gnlp_tensor, what string) (device, error) {
 	switch t.device_type {
 	case C.GNLP_DEVICE_CPU:
+		if t.device_index != 0 {
+			return device{}, core.Errorf(core.CodeDevice, "%s is a CPU tensor with device_index %d (must be 0)", what, int32(t.device_index))
+		}
 		return cpuDevice, nil
 	case C.GNLP_DEVICE_CUDA:
 		if t.device_index < 0 {
@@ -85,91 +89,36 @@ func backendFor(d device, stream unsafe.Pointer) (core.Backend, error) {
 	return cuda.New(int(d.index), stream)
 }
 
-// stepOn validates and applies items, all on device d.
+// stepOn steps items, all on device d, with core's batch promise
+// (core.StepBatch): the CPU backend runs items in parallel with pooled
+// workspaces; the CUDA backend enqueues them one after another on stream.
 //
-// CUDA, synchronous form (nonfinite == nil): every gradient's finiteness
-// check is enqueued first, then the stream is waited for ONCE to read the
-// verdicts, so a non-finite gradient is reported exactly and nothing has
-// changed; the updates are then enqueued without further waits (a
-// projector refresh waits once more per refreshed parameter, for the SVD's
-// convergence flag).
-//
-// CUDA, asynchronous form (nonfinite != nil, a device int32 or the
-// library's own flag when the caller passed NULL): no wait at all; the
-// checks OR into the flag and every update kernel of the batch does
-// nothing when it is set, so a non-finite gradient anywhere leaves every
-// parameter and state untouched, and the caller learns of it by reading
-// the flag when it likes.
+// CUDA, asynchronous form (async: nonfinite is a device int32, or nil for
+// a private flag): every finiteness check ORs into the flag instead of
+// being waited for, and every kernel that changes parameters or state does
+// nothing once it is set.
 func stepOn(d device, stream unsafe.Pointer, items []core.Item, async bool, nonfinite unsafe.Pointer) error {
 	if d.typ == C.GNLP_DEVICE_CPU {
-		return stepAll(items)
+		return cpu.Backend{}.StepBatch(items)
 	}
 	b, err := cuda.New(int(d.index), stream)
 	if err != nil {
 		return err
 	}
-	n := len(items)
-	if n == 0 {
-		return nil
-	}
-	flags, err := b.Alloc(4 * n)
-	if err != nil {
-		return err
-	}
-	defer b.Free(flags)
-	if err := b.ZeroBytes(flags, 4*n); err != nil {
-		return err
-	}
-	shared := flags
-	if nonfinite != nil {
-		shared = nonfinite
-	}
-	plans := make([]core.Plan, n)
-	for i := range items {
-		vb := b
-		vb.Flag = unsafe.Add(flags, 4*i)
-		if async {
-			vb.Flag = shared
-		}
-		plans[i], err = items[i].Validate(vb)
-		if err != nil {
-			return atItem(items, i, err)
-		}
-	}
 	if async {
-		b.Skip = shared
-	} else {
-		verdicts := make([]int32, n)
-		if err := b.Read(unsafe.Pointer(&verdicts[0]), flags, 4*n); err != nil {
-			return err
-		}
-		for i, bad := range verdicts {
-			if bad != 0 {
-				return atItem(items, i, core.Errorf(core.CodeNonFinite, "gradient of the %v parameter holds NaN or Inf; step refused, nothing changed", items[i].Param.Shape))
+		flag := nonfinite
+		if flag == nil {
+			if flag, err = b.Alloc(4); err != nil {
+				return err
+			}
+			defer b.Free(flag)
+			if err := b.ZeroBytes(flag, 4); err != nil {
+				return err
 			}
 		}
+		b.Flag, b.Skip = flag, flag
 	}
-	for i := range items {
-		if err := applyCUDA(b, &items[i], plans[i]); err != nil {
-			return atItem(items, i, err)
-		}
-	}
-	return nil
-}
-
-// applyCUDA applies one validated item with stream-ordered scratch.
-func applyCUDA(b cuda.Backend, it *core.Item, plan core.Plan) error {
-	elems := plan.WorkspaceElems()
-	ws := core.Tensor{DType: core.Float32, Shape: core.Shape{elems}}
-	if elems > 0 {
-		p, err := b.Alloc(4 * elems)
-		if err != nil {
-			return err
-		}
-		defer b.Free(p)
-		ws.Data = p
-	}
-	return it.Apply(b, plan, ws)
+	return core.StepBatch(b, b, items)
 }
 
 //export gnlp_step_batch_async

@@ -61,7 +61,7 @@ func gnlp_cuda_scratch(index C.int32_t, release C.int32_t, reserved, inUse, peak
 		if err != nil {
 			return err
 		}
-		r, u, p, err := b.Scratch(release != 0)
+		r, u, p, err := b.ScratchPool(release != 0)
 		if err != nil {
 			return err
 		}

@@ -177,7 +177,7 @@ func batchFromC(items *C.gnlp_step_item, n C.int32_t) ([]core.Item, device, erro
 func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, prefix string) (core.Item, device, error) {
 	cfg, err := configFromC(config)
 	if err != nil {
-		return core.Item{}, device{}, prefixed(prefix, err)
+		return core.Item{}, device{}, located(prefix, err)
 	}
 	p, err := tensorFromC(param, prefix+"param")
 	if err != nil {
@@ -189,7 +189,7 @@ func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_
 	}
 	st, err := stateFromC(state, nState)
 	if err != nil {
-		return core.Item{}, device{}, prefixed(prefix, err)
+		return core.Item{}, device{}, located(prefix, err)
 	}
 	d, err := sameDevice(param, grad, state, nState, prefix)
 	if err != nil {
@@ -198,9 +198,10 @@ func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_
 	return core.Item{Param: p, Grad: g, State: st, Config: cfg, Step: int64(step)}, d, nil
 }
 
-func prefixed(prefix string, err error) error {
+// located puts a batch item's prefix before err's message, keeping err.
+func located(prefix string, err error) error {
 	if prefix == "" {
 		return err
 	}
-	return core.Errorf(core.CodeOf(err), "%s%s", prefix, err.Error())
+	return core.Errorf(core.CodeOf(err), "%s%w", prefix, err)
 }

@@ -21,9 +21,6 @@ import (
 	"github.com/gradnormlorp/gradnormlorp/core"
 )
 
-// version is the library version reported by gnlp_version.
-const version = "0.1.0"
-
 var versionC = C.CString(version) // lives as long as the library
 
 func main() {}
@@ -163,5 +160,3 @@ func stateFromC(state *C.gnlp_tensor, n C.int32_t) ([]core.Tensor, error) {
 	}
 	return out, nil
 }
-
-func unsafePointer(p *float32) unsafe.Pointer { return unsafe.Pointer(p) }

@@ -55,6 +55,9 @@ type Packed struct {
 
 // Backend performs the numerical primitives of a step on one kind of
 // memory. It knows nothing of the schedule: core decides what runs when.
+// Errors from MatMul, WeightNormUpdate and AdamW on validated input are
+// backend faults: they run in a step's commit phase (step.go), which the
+// batch promise counts on not to fail.
 // Parameters and gradients are float32, bfloat16 or float16; everything
 // else is float32. All tensors are contiguous and row-major, and vectors
 // of per-row values have one element per row of the matrix they describe.
@@ -63,6 +66,8 @@ type Backend interface {
 	AllFinite(t Tensor) (bool, error)
 	// Zero sets every element of t to 0.
 	Zero(t Tensor) error
+	// Copy copies src into dst (same dtype and shape, not overlapping).
+	Copy(dst, src Tensor) error
 	// RowNorms writes the Euclidean norm of each row of w into out.
 	RowNorms(w, out Tensor) error
 	// WeightNormGrad computes the exact weight-norm gradients of every row.

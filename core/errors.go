@@ -1,11 +1,16 @@
 package core
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Code classifies an error. The values equal the gnlp_status codes of
 // include/gradnormlorp.h so the C API can pass them through unchanged.
 type Code int32
 
+// Code values, mirrored from include/gradnormlorp.h (abi_mirrors_test.go
+// keeps them equal).
 const (
 	CodeInvalidArgument    Code = 1
 	CodeNullPointer        Code = 2
@@ -23,21 +28,28 @@ const (
 )
 
 // Error is an error with a Code. Its message names the offending input.
+// Err, when set, is the error it wraps.
 type Error struct {
 	Code Code
 	Msg  string
+	Err  error
 }
 
 func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.Err }
 
-// Errorf builds an *Error with a formatted message.
+// Errorf builds an *Error with a formatted message; a %w verb wraps its
+// operand as fmt.Errorf does.
 func Errorf(code Code, format string, args ...any) error {
-	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
+	wrapped := fmt.Errorf(format, args...)
+	return &Error{Code: code, Msg: wrapped.Error(), Err: errors.Unwrap(wrapped)}
 }
 
-// CodeOf returns the Code carried by err, or CodeInternal for foreign errors.
+// CodeOf returns the Code of the first *Error in err's chain, or
+// CodeInternal for foreign errors.
 func CodeOf(err error) Code {
-	if e, ok := err.(*Error); ok {
+	var e *Error
+	if errors.As(err, &e) {
 		return e.Code
 	}
 	return CodeInternal

@@ -59,7 +59,14 @@ func (p Plan) quantized(n int) bool { return p.Bits < 32 && n >= quant.MinQuanti
 // parameter under a config with Rank 0, get plain AdamW.
 func PlanFor(shape Shape, cfg Config) Plan {
 	if cfg.Rank == 0 || len(shape) != 2 {
-		return Plan{Bits: cfg.OptimBits}
+		p := Plan{Bits: cfg.OptimBits}
+		if len(shape) > 0 {
+			p.M = shape[0]
+		}
+		if len(shape) == 2 {
+			p.N = shape[1]
+		}
+		return p
 	}
 	m, n := shape[0], shape[1]
 	p := Plan{Projected: true, M: m, N: n, K: min(cfg.Rank, m, n), Bits: cfg.OptimBits,
@@ -102,25 +109,46 @@ func (p Plan) LeftShape() Shape  { return Shape{p.M, p.K} }
 func (p Plan) RightShape() Shape { return Shape{p.K, p.N} }
 
 // WorkspaceElems is the number of float32 scratch elements one step needs:
-// dg (m), dV (m x n, later reused for the projected-back update), R, for
-// "full" the intermediate P^T dV (k x n), a float32 copy of each
-// quantised projector, and under refresh=subspace the refresh scratch
-// (m x k, n x k and three k x k, see refreshScratchElems).
+// the held region (kept from prepare to commit, step.go): dg (m), R, a
+// float32 copy of each quantised projector, and a snapshot of the state
+// for rollback; and the transient region: dV (m x n, later the update
+// projected back), for "full" the intermediate P^T dV (k x n), and under
+// refresh=subspace the refresh scratch (m x k, n x k and three k x k, see
+// refreshScratchElems).
 func (p Plan) WorkspaceElems() int {
 	if !p.Projected {
 		return 0
 	}
-	elems := p.M + p.M*p.N + p.LowRankShape().Numel()
-	if p.Sides == SideLeft|SideRight {
-		elems += p.K * p.N
-	}
+	return p.heldElems() + p.snapshotElems() + p.transientElems()
+}
+
+func (p Plan) heldElems() int {
+	elems := p.M + p.LowRankShape().Numel()
 	if n := p.M * p.K; p.Sides&SideLeft != 0 && p.quantized(n) {
 		elems += n
 	}
 	if n := p.K * p.N; p.Sides&SideRight != 0 && p.quantized(n) {
 		elems += n
 	}
+	return elems
+}
+
+func (p Plan) transientElems() int {
+	elems := p.M * p.N
+	if p.Sides == SideLeft|SideRight {
+		elems += p.K * p.N
+	}
 	return elems + p.refreshScratchElems()
+}
+
+// snapshotElems is the float32 elements a copy of the state takes (each
+// buffer rounded up to whole float32s).
+func (p Plan) snapshotElems() int {
+	n := 0
+	for _, s := range p.stateSpecs() {
+		n += (s.Bytes() + 3) / 4
+	}
+	return n
 }
 
 // CheckParam validates a parameter's dtype and shape.
@@ -136,7 +164,7 @@ func CheckParam(dtype DType, shape Shape) error {
 			return Errorf(CodeShape, "parameter shape %v has an empty dimension", shape)
 		}
 	}
-	return nil
+	return checkSizes(shape)
 }
 
 // momentSpecs lays out Adam moments of the given shape.
@@ -169,9 +197,34 @@ func Layout(dtype DType, shape Shape, cfg Config) ([]BufferSpec, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	p := PlanFor(shape, cfg)
+	return PlanFor(shape, cfg).stateSpecs(), nil
+}
+
+// maxElems bounds every tensor and workspace the library lays out, so that
+// byte counts (int64 in the C ABI) and element offsets cannot overflow.
+const maxElems = 1 << 52
+
+// checkSizes refuses shapes whose element count (or workspace, about
+// three times that) would overflow.
+func checkSizes(shape Shape) error {
+	n := 1
+	for _, d := range shape {
+		if d > maxElems/n {
+			return Errorf(CodeShape, "parameter shape %v is too large (more than 2^52 elements)", shape)
+		}
+		n *= d
+	}
+	return nil
+}
+
+// stateSpecs lays out the state buffers of a plan.
+func (p Plan) stateSpecs() []BufferSpec {
 	if !p.Projected {
-		return p.momentSpecs(shape), nil
+		shape := Shape{p.M}
+		if p.N > 0 {
+			shape = Shape{p.M, p.N}
+		}
+		return p.momentSpecs(shape)
 	}
 	specs := p.momentSpecs(p.LowRankShape())
 	if p.Sides&SideLeft != 0 {
@@ -186,7 +239,7 @@ func Layout(dtype DType, shape Shape, cfg Config) ([]BufferSpec, error) {
 		BufferSpec{BufDirectionNorm, Float32, row},
 		BufferSpec{BufMagnitudeExpAvg, Float32, row},
 		BufferSpec{BufMagnitudeExpAvgSq, Float32, row},
-	), nil
+	)
 }
 
 // layoutKey is everything a parameter's layout depends on.
@@ -208,6 +261,8 @@ type cachedLayout struct {
 	tmp                Shape // (k, n) for "full"
 	left, right        Shape // projector shapes
 	mk, nk, kk         Shape // refresh=subspace scratch: (m, k), (n, k), (k, k)
+	held, transient    Shape // workspace regions (flat): held + snapshot, transient
+	snapshotAt         int   // element offset of the snapshot in held
 }
 
 const maxCachedLayouts = 1 << 12
@@ -242,6 +297,8 @@ func layoutOf(dtype DType, shape Shape, cfg Config) (*cachedLayout, error) {
 		l.row, l.full, l.lowRank = Shape{p.M}, Shape{p.M, p.N}, p.LowRankShape()
 		l.tmp, l.left, l.right = Shape{p.K, p.N}, p.LeftShape(), p.RightShape()
 		l.mk, l.nk, l.kk = Shape{p.M, p.K}, Shape{p.N, p.K}, Shape{p.K, p.K}
+		l.snapshotAt = p.heldElems()
+		l.held, l.transient = Shape{l.snapshotAt + p.snapshotElems()}, Shape{p.transientElems()}
 	}
 	layouts.Lock()
 	if layouts.m == nil {

@@ -63,75 +63,85 @@ func Init(b Backend, param Tensor, state []Tensor, cfg Config) error {
 }
 
 // Validate checks everything about an item that can be checked without
-// changing it, including that the gradient is finite, and returns its plan.
+// changing it, including that the gradient and the parameter are finite,
+// and returns its plan.
 func (it *Item) Validate(b Backend) (Plan, error) {
-	if err := it.Config.Validate(); err != nil {
-		return Plan{}, err
-	}
-	if err := CheckParam(it.Param.DType, it.Param.Shape); err != nil {
-		return Plan{}, err
-	}
-	if it.Param.Data == nil {
-		return Plan{}, Errorf(CodeNullPointer, "parameter data is null")
-	}
-	if it.Grad.Data == nil {
-		return Plan{}, Errorf(CodeNullPointer, "gradient data is null")
-	}
-	if !it.Grad.Shape.Equal(it.Param.Shape) {
-		return Plan{}, Errorf(CodeShape, "gradient shape %v differs from parameter shape %v", it.Grad.Shape, it.Param.Shape)
-	}
-	if it.Grad.DType != it.Param.DType {
-		return Plan{}, Errorf(CodeDType, "gradient dtype %v differs from parameter dtype %v", it.Grad.DType, it.Param.DType)
-	}
-	if it.Step < 1 {
-		return Plan{}, Errorf(CodeInvalidArgument, "invalid step %d (steps count from 1)", it.Step)
-	}
-	l, err := checkState(it.Param, it.State, it.Config)
+	l, err := it.check()
 	if err != nil {
 		return Plan{}, err
 	}
-	finite, err := b.AllFinite(it.Grad)
-	if err != nil {
-		return Plan{}, err
-	}
-	if !finite {
-		return Plan{}, Errorf(CodeNonFinite, "gradient of the %v parameter holds NaN or Inf; step refused, nothing changed", it.Param.Shape)
+	for _, t := range [2]struct {
+		what string
+		t    Tensor
+	}{{"gradient", it.Grad}, {"parameter", it.Param}} {
+		finite, err := b.AllFinite(t.t)
+		if err != nil {
+			return Plan{}, err
+		}
+		if !finite {
+			return Plan{}, Errorf(CodeNonFinite, "%s of the %v parameter holds NaN or Inf; step refused, nothing changed", t.what, it.Param.Shape)
+		}
 	}
 	return l.plan, nil
 }
 
-// Apply performs the step of a validated item. ws is float32 scratch of at
-// least plan.WorkspaceElems() elements.
-func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
+// check validates everything but the tensors' values.
+func (it *Item) check() (*cachedLayout, error) {
+	if err := it.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if err := CheckParam(it.Param.DType, it.Param.Shape); err != nil {
+		return nil, err
+	}
+	if it.Param.Data == nil {
+		return nil, Errorf(CodeNullPointer, "parameter data is null")
+	}
+	if it.Grad.Data == nil {
+		return nil, Errorf(CodeNullPointer, "gradient data is null")
+	}
+	if !it.Grad.Shape.Equal(it.Param.Shape) {
+		return nil, Errorf(CodeShape, "gradient shape %v differs from parameter shape %v", it.Grad.Shape, it.Param.Shape)
+	}
+	if it.Grad.DType != it.Param.DType {
+		return nil, Errorf(CodeDType, "gradient dtype %v differs from parameter dtype %v", it.Grad.DType, it.Param.DType)
+	}
+	if it.Step < 1 {
+		return nil, Errorf(CodeInvalidArgument, "invalid step %d (steps count from 1)", it.Step)
+	}
+	return checkState(it.Param, it.State, it.Config)
+}
+
+// A validated item is stepped in two phases, so that a batch can keep its
+// promise (batch.go):
+//
+//   - prepare does everything that can fail: the weight-norm gradients, the
+//     projector refresh, the projection and Adam in the low-rank space. It
+//     writes only the item's state buffers (which the caller snapshots
+//     first) and its workspace, and checks every intermediate the rest of
+//     the step reads for NaN and Inf (finite inputs can overflow float32).
+//   - commit projects the update back and writes the parameter (and its
+//     row norms). It is arithmetic on values prepare checked, and
+//     cannot fail on validated input.
+//
+// Workspace: prepare and commit share the held region (dg, R and decoded
+// projectors, which carry over) and use the transient region each for
+// itself (dV, P^T dV for "full", refresh scratch), so a batch keeps only
+// the small held regions of all its items between the phases.
+
+// prepare runs the half of a step that can fail; plain AdamW items have
+// nothing to prepare.
+func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) error {
+	if !l.plan.Projected {
+		return nil
+	}
 	h := it.Config.adamParams(it.Step)
-	l, err := layoutOf(it.Param.DType, it.Param.Shape, it.Config)
-	if err != nil {
+	st, w := it.work(l, held, transient)
+	if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, w.dg, w.dv); err != nil {
 		return err
 	}
-	st := namedState(l, it.State)
-	if !plan.Projected {
-		return b.AdamW(it.Param, it.Grad, st.moments, h)
-	}
-	if ws.DType != Float32 || ws.Shape.Numel() < plan.WorkspaceElems() {
-		return Errorf(CodeInternal, "workspace of %d float32 elements is smaller than the %d needed", ws.Shape.Numel(), plan.WorkspaceElems())
-	}
-	scratch := arena{ws: ws}
-	dg := scratch.take(l.row)
-	dv := scratch.take(l.full)
-	r := scratch.take(l.lowRank)
-	var tmp Tensor // P^T dV or N Q, for "full" only
-	if plan.Sides == SideLeft|SideRight {
-		tmp = scratch.take(l.tmp)
-	}
-	// Quantised projectors are decoded into workspace; float32 ones are used
-	// in place.
-	for _, p := range [2]*projector{&st.left, &st.right} {
-		if p.packed.Codes.Data != nil {
-			p.view = scratch.take(p.packed.Shape)
-		}
-	}
-
-	if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, dg, dv); err != nil {
+	// Checked before an SVD sees it (non-finite input can make an SVD
+	// spin) and before anything is written.
+	if err := requireFinite(b, w.dv, "its weight-norm gradient dV", it.Param.Shape); err != nil {
 		return err
 	}
 	// Decode on every step, so all steps use the projector exactly as
@@ -140,7 +150,7 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 		return err
 	}
 	if (it.Step-1)%int64(it.Config.UpdateProjGap) == 0 {
-		if err := refresh(b, l, it, st, dv, &scratch); err != nil {
+		if err := refresh(b, l, it, st, w.dv, &w.refresh); err != nil {
 			return err
 		}
 		for _, p := range [2]projector{st.left, st.right} {
@@ -154,29 +164,107 @@ func (it *Item) Apply(b Backend, plan Plan, ws Tensor) error {
 			return err
 		}
 	}
-	if err := project(b, plan, st, dv, r, tmp); err != nil {
+	if err := project(b, l.plan, st, w.dv, w.r, w.tmp); err != nil {
 		return err
 	}
-	if err := b.AdamDirection(r, st.moments, h); err != nil {
+	if err := b.AdamDirection(w.r, st.moments, h); err != nil {
 		return err
 	}
-	// dv is dead after the projection; it receives the update projected back.
-	if err := projectBack(b, plan, st, r, float32(it.Config.Scale), dv, tmp); err != nil {
+	if err := b.AdamDirection(w.dg, st.magnitudeMoments, h); err != nil {
 		return err
 	}
-	if err := b.AdamDirection(dg, st.magnitudeMoments, h); err != nil {
+	// What commit reads: the low-rank direction and the magnitude's.
+	if err := requireFinite(b, w.r, "its projected update", it.Param.Shape); err != nil {
 		return err
 	}
-	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, dv, dg, h)
+	return requireFinite(b, w.dg, "its magnitude update", it.Param.Shape)
 }
 
-// Step validates and applies one item.
+// commit finishes a prepared step: the update projected back, then the
+// parameter and its row norms written (or plain AdamW).
+func (it *Item) commit(b Backend, l *cachedLayout, held, transient Tensor) error {
+	h := it.Config.adamParams(it.Step)
+	if !l.plan.Projected {
+		return b.AdamW(it.Param, it.Grad, namedState(l, it.State).moments, h)
+	}
+	st, w := it.work(l, held, transient)
+	// dv is free again: it receives the update projected back.
+	if err := projectBack(b, l.plan, st, w.r, float32(it.Config.Scale), w.dv, w.tmp); err != nil {
+		return err
+	}
+	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, w.dv, w.dg, h)
+}
+
+// requireFinite refuses a step whose intermediate t overflowed float32.
+func requireFinite(b Backend, t Tensor, what string, shape Shape) error {
+	finite, err := b.AllFinite(t)
+	if err != nil {
+		return err
+	}
+	if !finite {
+		return Errorf(CodeNonFinite, "the %v parameter's step overflows float32: %s holds NaN or Inf (weights, gradient or state too large); step refused, nothing changed", shape, what)
+	}
+	return nil
+}
+
+// Step validates and steps one item with the caller's workspace ws (float32,
+// at least PlanFor(...).WorkspaceElems() elements), keeping the batch
+// promise for a batch of one: on error the item is unchanged.
 func Step(b Backend, it *Item, ws Tensor) error {
 	plan, err := it.Validate(b)
 	if err != nil {
 		return err
 	}
-	return it.Apply(b, plan, ws)
+	if ws.Shape.Numel() < plan.WorkspaceElems() || (plan.WorkspaceElems() > 0 && ws.DType != Float32) {
+		return Errorf(CodeInternal, "workspace of %d float32 elements is smaller than the %d needed", ws.Shape.Numel(), plan.WorkspaceElems())
+	}
+	l, err := layoutOf(it.Param.DType, it.Param.Shape, it.Config)
+	if err != nil {
+		return err
+	}
+	j := job{l: l}
+	if l.plan.Projected {
+		j.held = ws.carve(0, l.held)
+		if err := j.snapshot(b, it); err != nil {
+			return err
+		}
+		transient := ws.carve(l.held.Numel(), l.transient)
+		if err := it.prepare(b, l, j.held, transient); err != nil {
+			return j.rollback(b, it, err)
+		}
+		return it.commit(b, l, j.held, transient)
+	}
+	return it.commit(b, l, Tensor{}, Tensor{})
+}
+
+// work names the workspace regions of a projected item and points the
+// views of quantised projectors at their decoded copies.
+func (it *Item) work(l *cachedLayout, held, transient Tensor) (state, workspace) {
+	st := namedState(l, it.State)
+	h := arena{ws: held}
+	w := workspace{dg: h.take(l.row), r: h.take(l.lowRank)}
+	// Quantised projectors are decoded into held workspace; float32 ones
+	// are used in place.
+	for _, p := range [2]*projector{&st.left, &st.right} {
+		if p.packed.Codes.Data != nil {
+			p.view = h.take(p.packed.Shape)
+		}
+	}
+	t := arena{ws: transient}
+	w.dv = t.take(l.full)
+	if l.plan.Sides == SideLeft|SideRight {
+		w.tmp = t.take(l.tmp)
+	}
+	w.refresh = t // what is left is refresh scratch
+	return st, w
+}
+
+// workspace is a projected item's scratch: dg, then the magnitude's Adam
+// direction; R, then the low-rank Adam direction; dV, then the update
+// projected back; P^T dV for "full"; the refresh's scratch.
+type workspace struct {
+	dg, r, dv, tmp Tensor
+	refresh        arena
 }
 
 // decodeProjectors expands quantised projectors into their float32 views.

@@ -96,10 +96,10 @@ func (b Backend) Read(host, src unsafe.Pointer, bytes int) error {
 	return e.check(C.gc_read(b.api(), b.dev(), host, src, i64(bytes), b.Stream, e.ptr(), e.len()))
 }
 
-// Scratch reports the library's scratch pool on the device (bytes reserved
+// ScratchPool reports the library's scratch pool on the device (bytes reserved
 // from the driver, in use, high-water mark of in use), first returning
 // unused memory to the driver when release is set.
-func (b Backend) Scratch(release bool) (reserved, used, peak int64, err error) {
+func (b Backend) ScratchPool(release bool) (reserved, used, peak int64, err error) {
 	var e errText
 	var r, u, p C.int64_t
 	err = e.check(C.gc_scratch_info(b.api(), b.dev(), b32(release), &r, &u, &p, e.ptr(), e.len()))
@@ -176,34 +176,66 @@ func (b Backend) MatMul(transA bool, a core.Tensor, transB bool, bt core.Tensor,
 // AdamDirection is the fused Adam direction (float32 or quantised moments).
 func (b Backend) AdamDirection(x core.Tensor, mom core.Moments, h core.AdamParams) error {
 	var e errText
-	return e.check(C.gc_adam_direction(b.api(), b.dev(), f32p(x), i64(x.Shape.Numel()), momentsC(mom), adamC(h),
+	m, hc := momentsC(mom), adamC(h)
+	return e.check(C.gc_adam_direction(b.api(), b.dev(), f32p(x), i64(x.Shape.Numel()), &m, &hc,
 		b.skip(), b.Stream, e.ptr(), e.len()))
 }
 
 // WeightNormUpdate is the fused row update with write-back in w's dtype.
 func (b Backend) WeightNormUpdate(w, g, s, dvlow, ng core.Tensor, h core.AdamParams) error {
 	var e errText
+	hc := adamC(h)
 	return e.check(C.gc_weight_norm_update(b.api(), b.dev(), w.Data, C.int32_t(w.DType), i64(w.Rows()), i64(w.Cols()),
-		f32p(g), f32p(s), f32p(dvlow), f32p(ng), adamC(h), b.skip(), b.Stream, e.ptr(), e.len()))
+		f32p(g), f32p(s), f32p(dvlow), f32p(ng), &hc, b.skip(), b.Stream, e.ptr(), e.len()))
 }
 
 // Encode quantises src into dst block by block.
 func (b Backend) Encode(src core.Tensor, dst core.Packed) error {
 	var e errText
-	return e.check(C.gc_encode(b.api(), b.dev(), f32p(src), i64(src.Shape.Numel()), dst.Codes.Data, f32p(dst.Absmax),
+	return e.check(C.gc_encode(b.api(), b.dev(), f32p(src), i64(src.Shape.Numel()), (*C.uint8_t)(dst.Codes.Data), f32p(dst.Absmax),
 		C.int32_t(dst.Format.Bits), b32(dst.Format.Signed), b.skip(), b.Stream, e.ptr(), e.len()))
 }
 
 // Decode expands src into dst.
 func (b Backend) Decode(src core.Packed, dst core.Tensor) error {
 	var e errText
-	return e.check(C.gc_decode(b.api(), b.dev(), src.Codes.Data, f32p(src.Absmax), C.int32_t(src.Format.Bits),
+	return e.check(C.gc_decode(b.api(), b.dev(), (*C.uint8_t)(src.Codes.Data), f32p(src.Absmax), C.int32_t(src.Format.Bits),
 		b32(src.Format.Signed), i64(dst.Shape.Numel()), f32p(dst), b.Stream, e.ptr(), e.len()))
 }
 
 // AdamW is plain AdamW (float32 or quantised moments).
 func (b Backend) AdamW(w, grad core.Tensor, mom core.Moments, h core.AdamParams) error {
 	var e errText
+	m, hc := momentsC(mom), adamC(h)
 	return e.check(C.gc_adamw(b.api(), b.dev(), w.Data, grad.Data, C.int32_t(w.DType), i64(w.Shape.Numel()),
-		momentsC(mom), adamC(h), b.skip(), b.Stream, e.ptr(), e.len()))
+		&m, &hc, b.skip(), b.Stream, e.ptr(), e.len()))
 }
+
+// Copy copies src into dst (same dtype and shape), device to device, in
+// stream order. A set Skip does not stop it: it restores snapshots.
+func (b Backend) Copy(dst, src core.Tensor) error {
+	var e errText
+	return e.check(C.gc_copy(b.api(), b.dev(), dst.Data, src.Data, i64(src.Bytes()), b.Stream, e.ptr(), e.len()))
+}
+
+var _ core.Executor = Backend{}
+
+// ForEach runs the items of a batch one after another: they share the
+// stream, and each kernel already fills the device.
+func (Backend) ForEach(n int, w core.Work) {
+	for i := range n {
+		w.Run(i)
+	}
+}
+
+// Scratch lends n float32 elements of stream-ordered scratch.
+func (b Backend) Scratch(n int) (core.Tensor, any, error) {
+	p, err := b.Alloc(4 * n)
+	if err != nil {
+		return core.Tensor{}, nil, err
+	}
+	return core.Tensor{Data: p, DType: core.Float32, Shape: core.Shape{n}}, p, nil
+}
+
+// Release frees what Scratch lent, in stream order.
+func (b Backend) Release(token any) { _ = b.Free(token.(unsafe.Pointer)) }

@@ -789,6 +789,16 @@ int gnlp_cuda_zero(int32_t device, void *ptr, int64_t bytes, void *stream, char 
     return kOK;
 }
 
+int gnlp_cuda_copy(int32_t device, void *dst, const void *src, int64_t bytes, void *stream, char *err_buf,
+                   size_t err_len) {
+    ENTER(device);
+    STREAM;
+    if (bytes > 0) {
+        CUDA_TRY(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyDeviceToDevice, st));
+    }
+    return kOK;
+}
+
 int gnlp_cuda_read(int32_t device, void *host, const void *src, int64_t bytes, void *stream, char *err_buf,
                    size_t err_len) {
     ENTER(device);

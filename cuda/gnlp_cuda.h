@@ -41,7 +41,7 @@
 extern "C" {
 #endif
 
-#define GNLP_CUDA_ABI_VERSION 1
+#define GNLP_CUDA_ABI_VERSION 2
 
 /* Status codes beyond include/gradnormlorp.h's first 14 (same values as
  * the GNLP_ERR_NO_DRIVER and GNLP_ERR_CUDA it defines). */
@@ -71,6 +71,8 @@ int gnlp_cuda_alloc(int32_t device, int64_t bytes, void *stream, void **out, cha
 int gnlp_cuda_free(int32_t device, void *ptr, void *stream, char *err, size_t err_len);
 /* bytes of zeros at ptr (cudaMemsetAsync). */
 int gnlp_cuda_zero(int32_t device, void *ptr, int64_t bytes, void *stream, char *err, size_t err_len);
+/* Copies bytes from src to dst, both device memory (cudaMemcpyAsync). */
+int gnlp_cuda_copy(int32_t device, void *dst, const void *src, int64_t bytes, void *stream, char *err, size_t err_len);
 /* Copies bytes from device to host memory and WAITS for the stream. */
 int gnlp_cuda_read(int32_t device, void *host, const void *src, int64_t bytes, void *stream, char *err,
                    size_t err_len);

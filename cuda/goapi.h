@@ -9,32 +9,64 @@
 #include <stdlib.h>
 #include "gnlp_cuda.h"
 
+/* Every entry point of libgnlp_cuda.so but gnlp_cuda_abi_version, once:
+ * X(name, return type, parameters, arguments). Expanded below into the
+ * table's fields, the dlsym calls and the call wrappers gc_NAME (cgo cannot
+ * call through function pointers). Parameters mirror gnlp_cuda.h. */
+#define GNLP_CUDA_FUNCS(X)                                                                                    \
+    X(device_count, int, (int32_t *n, char *e, size_t l), (n, e, l))                                          \
+    X(alloc, int, (int32_t d, int64_t b, void *s, void **o, char *e, size_t l), (d, b, s, o, e, l))           \
+    X(free, int, (int32_t d, void *p, void *s, char *e, size_t l), (d, p, s, e, l))                          \
+    X(zero, int, (int32_t d, void *p, int64_t b, void *s, char *e, size_t l), (d, p, b, s, e, l))            \
+    X(copy, int, (int32_t d, void *dst, const void *src, int64_t b, void *s, char *e, size_t l),              \
+      (d, dst, src, b, s, e, l))                                                                              \
+    X(read, int, (int32_t d, void *h, const void *p, int64_t b, void *s, char *e, size_t l),                  \
+      (d, h, p, b, s, e, l))                                                                                  \
+    X(scratch_info, int, (int32_t d, int32_t r, int64_t *res, int64_t *used, int64_t *peak, char *e, size_t l), \
+      (d, r, res, used, peak, e, l))                                                                          \
+    X(all_finite, int, (int32_t d, const void *x, int32_t dt, int64_t n, int32_t *f, void *s, char *e, size_t l), \
+      (d, x, dt, n, f, s, e, l))                                                                              \
+    X(row_norms, int,                                                                                         \
+      (int32_t d, const void *w, int32_t dt, int64_t r, int64_t c, float *o, void *s, char *e, size_t l),     \
+      (d, w, dt, r, c, o, s, e, l))                                                                           \
+    X(weight_norm_grad, int,                                                                                  \
+      (int32_t d, const void *w, const void *g, int32_t dt, int64_t r, int64_t c, const float *mag,           \
+       const float *dn, float *dg, float *dv, const int32_t *skip, void *s, char *e, size_t l),               \
+      (d, w, g, dt, r, c, mag, dn, dg, dv, skip, s, e, l))                                                    \
+    X(matmul, int,                                                                                            \
+      (int32_t d, int32_t ta, const float *A, int64_t ar, int64_t ac, int32_t tb, const float *B, int64_t br, \
+       int64_t bc, float alpha, float *C, int64_t cr, int64_t cc, int32_t tf32, void *s, char *e, size_t l),  \
+      (d, ta, A, ar, ac, tb, B, br, bc, alpha, C, cr, cc, tf32, s, e, l))                                     \
+    X(singular_vectors, int,                                                                                  \
+      (int32_t d, const float *A, int64_t m, int64_t n, float *left, int64_t kl, float *right, int64_t kr,    \
+       const int32_t *skip, void *s, char *e, size_t l),                                                      \
+      (d, A, m, n, left, kl, right, kr, skip, s, e, l))                                                       \
+    X(adam_direction, int,                                                                                    \
+      (int32_t d, float *x, int64_t n, const gnlp_cuda_moments *m, const gnlp_cuda_adam *h,                   \
+       const int32_t *skip, void *s, char *e, size_t l),                                                      \
+      (d, x, n, m, h, skip, s, e, l))                                                                         \
+    X(weight_norm_update, int,                                                                                \
+      (int32_t d, void *w, int32_t dt, int64_t r, int64_t c, float *g, float *sn, const float *u,             \
+       const float *ng, const gnlp_cuda_adam *h, const int32_t *skip, void *s, char *e, size_t l),            \
+      (d, w, dt, r, c, g, sn, u, ng, h, skip, s, e, l))                                                       \
+    X(adamw, int,                                                                                             \
+      (int32_t d, void *w, const void *g, int32_t dt, int64_t n, const gnlp_cuda_moments *m,                  \
+       const gnlp_cuda_adam *h, const int32_t *skip, void *s, char *e, size_t l),                             \
+      (d, w, g, dt, n, m, h, skip, s, e, l))                                                                  \
+    X(encode, int,                                                                                            \
+      (int32_t d, const float *src, int64_t n, uint8_t *codes, float *absmax, int32_t bits, int32_t sg,       \
+       const int32_t *skip, void *s, char *e, size_t l),                                                      \
+      (d, src, n, codes, absmax, bits, sg, skip, s, e, l))                                                    \
+    X(decode, int,                                                                                            \
+      (int32_t d, const uint8_t *codes, const float *absmax, int32_t bits, int32_t sg, int64_t n, float *dst, \
+       void *s, char *e, size_t l),                                                                           \
+      (d, codes, absmax, bits, sg, n, dst, s, e, l))
+
 typedef struct gnlp_cuda_api {
     int32_t (*abi_version)(void);
-    int (*device_count)(int32_t *, char *, size_t);
-    int (*alloc)(int32_t, int64_t, void *, void **, char *, size_t);
-    int (*free_)(int32_t, void *, void *, char *, size_t);
-    int (*zero)(int32_t, void *, int64_t, void *, char *, size_t);
-    int (*read)(int32_t, void *, const void *, int64_t, void *, char *, size_t);
-    int (*scratch_info)(int32_t, int32_t, int64_t *, int64_t *, int64_t *, char *, size_t);
-    int (*all_finite)(int32_t, const void *, int32_t, int64_t, int32_t *, void *, char *, size_t);
-    int (*row_norms)(int32_t, const void *, int32_t, int64_t, int64_t, float *, void *, char *, size_t);
-    int (*weight_norm_grad)(int32_t, const void *, const void *, int32_t, int64_t, int64_t, const float *,
-                            const float *, float *, float *, const int32_t *, void *, char *, size_t);
-    int (*matmul)(int32_t, int32_t, const float *, int64_t, int64_t, int32_t, const float *, int64_t, int64_t,
-                  float, float *, int64_t, int64_t, int32_t, void *, char *, size_t);
-    int (*singular_vectors)(int32_t, const float *, int64_t, int64_t, float *, int64_t, float *, int64_t,
-                            const int32_t *, void *, char *, size_t);
-    int (*adam_direction)(int32_t, float *, int64_t, const gnlp_cuda_moments *, const gnlp_cuda_adam *,
-                          const int32_t *, void *, char *, size_t);
-    int (*weight_norm_update)(int32_t, void *, int32_t, int64_t, int64_t, float *, float *, const float *,
-                              const float *, const gnlp_cuda_adam *, const int32_t *, void *, char *, size_t);
-    int (*adamw)(int32_t, void *, const void *, int32_t, int64_t, const gnlp_cuda_moments *,
-                 const gnlp_cuda_adam *, const int32_t *, void *, char *, size_t);
-    int (*encode)(int32_t, const float *, int64_t, uint8_t *, float *, int32_t, int32_t, const int32_t *, void *,
-                  char *, size_t);
-    int (*decode)(int32_t, const uint8_t *, const float *, int32_t, int32_t, int64_t, float *, void *, char *,
-                  size_t);
+#define GNLP_FIELD(name, ret, params, args) ret(*name) params;
+    GNLP_CUDA_FUNCS(GNLP_FIELD)
+#undef GNLP_FIELD
 } gnlp_cuda_api;
 
 // gnlp_cuda_open loads the library at path and fills api; on failure it
@@ -53,22 +85,9 @@ static inline int gnlp_cuda_open(const char *path, gnlp_cuda_api *api, char *err
         return 1;                                                                             \
     }
     GNLP_SYM(abi_version, "gnlp_cuda_abi_version")
-    GNLP_SYM(device_count, "gnlp_cuda_device_count")
-    GNLP_SYM(alloc, "gnlp_cuda_alloc")
-    GNLP_SYM(free_, "gnlp_cuda_free")
-    GNLP_SYM(zero, "gnlp_cuda_zero")
-    GNLP_SYM(read, "gnlp_cuda_read")
-    GNLP_SYM(scratch_info, "gnlp_cuda_scratch_info")
-    GNLP_SYM(all_finite, "gnlp_cuda_all_finite")
-    GNLP_SYM(row_norms, "gnlp_cuda_row_norms")
-    GNLP_SYM(weight_norm_grad, "gnlp_cuda_weight_norm_grad")
-    GNLP_SYM(matmul, "gnlp_cuda_matmul")
-    GNLP_SYM(singular_vectors, "gnlp_cuda_singular_vectors")
-    GNLP_SYM(adam_direction, "gnlp_cuda_adam_direction")
-    GNLP_SYM(weight_norm_update, "gnlp_cuda_weight_norm_update")
-    GNLP_SYM(adamw, "gnlp_cuda_adamw")
-    GNLP_SYM(encode, "gnlp_cuda_encode")
-    GNLP_SYM(decode, "gnlp_cuda_decode")
+#define GNLP_LOAD(name, ret, params, args) GNLP_SYM(name, "gnlp_cuda_" #name)
+    GNLP_CUDA_FUNCS(GNLP_LOAD)
+#undef GNLP_LOAD
 #undef GNLP_SYM
     if (api->abi_version() != GNLP_CUDA_ABI_VERSION) {
         snprintf(err, err_len, "%s has CUDA backend ABI version %d, this library wants %d: rebuild it from the same source",
@@ -89,24 +108,14 @@ static inline const char *gnlp_cuda_self_path(void) {
     return info.dli_fname;
 }
 
-// Calls through the table (cgo cannot call function pointers itself).
-static inline int gc_device_count(gnlp_cuda_api *a, int32_t *n, char *e, size_t l) { return a->device_count(n, e, l); }
-static inline int gc_alloc(gnlp_cuda_api *a, int32_t d, int64_t b, void *s, void **o, char *e, size_t l) { return a->alloc(d, b, s, o, e, l); }
-static inline int gc_free(gnlp_cuda_api *a, int32_t d, void *p, void *s, char *e, size_t l) { return a->free_(d, p, s, e, l); }
-static inline int gc_zero(gnlp_cuda_api *a, int32_t d, void *p, int64_t b, void *s, char *e, size_t l) { return a->zero(d, p, b, s, e, l); }
-static inline int gc_read(gnlp_cuda_api *a, int32_t d, void *h, const void *p, int64_t b, void *s, char *e, size_t l) { return a->read(d, h, p, b, s, e, l); }
-static inline int gc_scratch_info(gnlp_cuda_api *a, int32_t d, int32_t r, int64_t *res, int64_t *used, int64_t *peak, char *e, size_t l) { return a->scratch_info(d, r, res, used, peak, e, l); }
-static inline int gc_all_finite(gnlp_cuda_api *a, int32_t d, const void *x, int32_t dt, int64_t n, int32_t *f, void *s, char *e, size_t l) { return a->all_finite(d, x, dt, n, f, s, e, l); }
-static inline int gc_row_norms(gnlp_cuda_api *a, int32_t d, const void *w, int32_t dt, int64_t r, int64_t c, float *o, void *s, char *e, size_t l) { return a->row_norms(d, w, dt, r, c, o, s, e, l); }
-static inline int gc_weight_norm_grad(gnlp_cuda_api *a, int32_t d, const void *w, const void *g, int32_t dt, int64_t r, int64_t c, const float *mag, const float *dn, float *dg, float *dv, const int32_t *skip, void *s, char *e, size_t l) {
-    return a->weight_norm_grad(d, w, g, dt, r, c, mag, dn, dg, dv, skip, s, e, l);
-}
-static inline int gc_matmul(gnlp_cuda_api *a, int32_t d, int32_t ta, const float *A, int64_t ar, int64_t ac, int32_t tb, const float *B, int64_t br, int64_t bc, float alpha, float *C, int64_t cr, int64_t cc, int32_t tf32, void *s, char *e, size_t l) {
-    return a->matmul(d, ta, A, ar, ac, tb, B, br, bc, alpha, C, cr, cc, tf32, s, e, l);
-}
-static inline int gc_singular_vectors(gnlp_cuda_api *a, int32_t d, const float *A, int64_t m, int64_t n, float *left, int64_t kl, float *right, int64_t kr, const int32_t *skip, void *s, char *e, size_t l) {
-    return a->singular_vectors(d, A, m, n, left, kl, right, kr, skip, s, e, l);
-}
+// Calls through the table: gc_NAME(api, arguments...).
+#define GNLP_WITH_API(...) (gnlp_cuda_api * api, __VA_ARGS__)
+#define GNLP_WRAP(name, ret, params, args) \
+    static inline ret gc_##name GNLP_WITH_API params { return api->name args; }
+GNLP_CUDA_FUNCS(GNLP_WRAP)
+#undef GNLP_WRAP
+#undef GNLP_WITH_API
+
 static inline gnlp_cuda_moments gc_moments(void *m1, void *m2, void *a1, void *a2, int32_t bits) {
     gnlp_cuda_moments m = {m1, m2, (float *)a1, (float *)a2, bits};
     return m;
@@ -114,21 +123,6 @@ static inline gnlp_cuda_moments gc_moments(void *m1, void *m2, void *a1, void *a
 static inline gnlp_cuda_adam gc_adam(float b1, float b2, float omb1, float omb2, float eps, float step, float decay) {
     gnlp_cuda_adam h = {b1, b2, omb1, omb2, eps, step, decay};
     return h;
-}
-static inline int gc_adam_direction(gnlp_cuda_api *a, int32_t d, float *x, int64_t n, gnlp_cuda_moments m, gnlp_cuda_adam h, const int32_t *skip, void *s, char *e, size_t l) {
-    return a->adam_direction(d, x, n, &m, &h, skip, s, e, l);
-}
-static inline int gc_weight_norm_update(gnlp_cuda_api *a, int32_t d, void *w, int32_t dt, int64_t r, int64_t c, float *g, float *sn, const float *u, const float *ng, gnlp_cuda_adam h, const int32_t *skip, void *s, char *e, size_t l) {
-    return a->weight_norm_update(d, w, dt, r, c, g, sn, u, ng, &h, skip, s, e, l);
-}
-static inline int gc_adamw(gnlp_cuda_api *a, int32_t d, void *w, const void *g, int32_t dt, int64_t n, gnlp_cuda_moments m, gnlp_cuda_adam h, const int32_t *skip, void *s, char *e, size_t l) {
-    return a->adamw(d, w, g, dt, n, &m, &h, skip, s, e, l);
-}
-static inline int gc_encode(gnlp_cuda_api *a, int32_t d, const float *src, int64_t n, void *codes, float *absmax, int32_t bits, int32_t sg, const int32_t *skip, void *s, char *e, size_t l) {
-    return a->encode(d, src, n, (uint8_t *)codes, absmax, bits, sg, skip, s, e, l);
-}
-static inline int gc_decode(gnlp_cuda_api *a, int32_t d, const void *codes, const float *absmax, int32_t bits, int32_t sg, int64_t n, float *dst, void *s, char *e, size_t l) {
-    return a->decode(d, (const uint8_t *)codes, absmax, bits, sg, n, dst, s, e, l);
 }
 
 #endif /* GNLP_CUDA_GOAPI_H */

@@ -24,7 +24,7 @@ type finiteTask struct {
 
 var finiteTasks sync.Pool
 
-func (t *finiteTask) run(u int) {
+func (t *finiteTask) Run(u int) {
 	if t.bad.Load() {
 		return
 	}
@@ -75,7 +75,7 @@ type wngTask struct {
 
 var wngTasks sync.Pool
 
-func (t *wngTask) run(u int) {
+func (t *wngTask) Run(u int) {
 	lo, hi := t.bounds(u)
 	t.rows(lo, hi, t.dv[lo*t.cols:hi*t.cols])
 }
@@ -134,7 +134,7 @@ type wnuTask struct {
 
 var wnuTasks sync.Pool
 
-func (t *wnuTask) run(u int) {
+func (t *wnuTask) Run(u int) {
 	lo, hi := t.bounds(u)
 	t.rows(lo, hi, t.u[lo*t.cols:hi*t.cols])
 }

@@ -213,7 +213,7 @@ func (j *gemmJob) packB(dst []float32, j0, cols int) {
 }
 
 // run computes unit u: a block of rows (or columns) of c.
-func (j *gemmJob) run(u int) {
+func (j *gemmJob) Run(u int) {
 	lo := u * j.chunk
 	if j.splitN {
 		cols := min(j.chunk, j.n-lo)

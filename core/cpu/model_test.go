@@ -99,8 +99,8 @@ func (m *model) step(tb testing.TB, t int64) {
 	for i := range m.items {
 		m.items[i].Step = t
 	}
-	if i, err := (Backend{}).StepBatch(m.items); err != nil {
-		tb.Fatalf("item %d: %v", i, err)
+	if err := (Backend{}).StepBatch(m.items); err != nil {
+		tb.Fatal(err)
 	}
 }
 

@@ -51,7 +51,7 @@ func runMoments(t momentTask) {
 	momentTasks.Put(p)
 }
 
-func (t *momentTask) run(u int) {
+func (t *momentTask) Run(u int) {
 	lo, hi := u*t.unit, min((u+1)*t.unit, t.n)
 	if !t.mom.Quantized() {
 		t.apply(lo, f32(t.mom.M1)[lo:hi], f32(t.mom.M2)[lo:hi], nil)
@@ -121,7 +121,7 @@ type codecTask struct {
 
 var codecTasks sync.Pool
 
-func (t *codecTask) run(u int) {
+func (t *codecTask) Run(u int) {
 	absmax := f32(t.packed.Absmax)
 	n := len(t.vals)
 	for b := u * quantUnitBlocks; b < min((u+1)*quantUnitBlocks, quant.Blocks(n)); b++ {

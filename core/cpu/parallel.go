@@ -1,8 +1,10 @@
 package cpu
 
 import (
+	"fmt"
 	"math/bits"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 )
@@ -18,10 +20,10 @@ import (
 // pointer to a pooled struct implementing units, and waiting uses a
 // WaitGroup embedded in a pooled loop.
 
-// units is a piece of parallel work: run(i) processes unit i of n. Units are
-// independent and claimed dynamically, in order.
+// units is a piece of parallel work: Run(i) processes unit i of n. Units are
+// independent and claimed dynamically, in order. (core.Work is one.)
 type units interface {
-	run(i int)
+	Run(i int)
 }
 
 // loop is one parallel loop in flight.
@@ -30,17 +32,38 @@ type loop struct {
 	n    int64
 	next atomic.Int64
 	wg   sync.WaitGroup
+	// panicked is the first unit's panic, caught on whichever goroutine ran
+	// it and raised again on the caller's: a panic on a helper goroutine
+	// cannot be recovered by anyone and would kill the host process.
+	panicked atomic.Pointer[unitPanic]
 }
 
-// drain claims and runs units until none are left.
+// unitPanic is a panic of one unit with the stack where it happened.
+type unitPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *unitPanic) String() string { return fmt.Sprintf("%v\n%s", p.value, p.stack) }
+
+// drain claims and runs units until none are left (or one has panicked).
 func (l *loop) drain() {
-	for {
+	for l.panicked.Load() == nil {
 		i := l.next.Add(1) - 1
 		if i >= l.n {
 			return
 		}
-		l.work.run(int(i))
+		l.runUnit(int(i))
 	}
+}
+
+func (l *loop) runUnit(i int) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.panicked.CompareAndSwap(nil, &unitPanic{value: r, stack: debug.Stack()})
+		}
+	}()
+	l.work.Run(i)
 }
 
 var (
@@ -68,8 +91,10 @@ func ensureHelpers(n int) {
 // workers is how many goroutines (the caller included) a loop may use.
 func workers() int { return runtime.GOMAXPROCS(0) }
 
-// parallelFor runs w.run(i) for i in [0, n), on the caller and on the
-// helpers that are idle, and returns when all units are done.
+// parallelFor runs w.Run(i) for i in [0, n), on the caller and on the
+// helpers that are idle, and returns when all units are done. A panic in a
+// unit stops the loop from claiming more units and is raised again on the
+// calling goroutine once the units in flight have finished.
 func parallelFor(n int, w units) {
 	if n <= 0 {
 		return
@@ -77,7 +102,7 @@ func parallelFor(n int, w units) {
 	want := min(workers(), n) - 1
 	if want <= 0 {
 		for i := 0; i < n; i++ {
-			w.run(i)
+			w.Run(i) // a panic here is already on the caller's goroutine
 		}
 		return
 	}
@@ -100,7 +125,11 @@ func parallelFor(n int, w units) {
 	l.drain()
 	l.wg.Wait()
 	l.work = nil
+	p := l.panicked.Swap(nil)
 	loops.Put(l)
+	if p != nil {
+		panic(p) // on the caller's goroutine, where capi and core recover it
+	}
 }
 
 // chunked adapts a row pass to units: unit i covers rows

@@ -76,6 +76,12 @@ func (Backend) Zero(t core.Tensor) error {
 	return nil
 }
 
+// Copy copies src into dst.
+func (Backend) Copy(dst, src core.Tensor) error {
+	copy(unsafe.Slice((*byte)(dst.Data), dst.Bytes()), unsafe.Slice((*byte)(src.Data), src.Bytes()))
+	return nil
+}
+
 // RowNorms writes the norm of each row of w into out.
 func (Backend) RowNorms(w, out core.Tensor) error {
 	C.hc_row_norms(w.Data, C.int32_t(w.DType), i64(w.Rows()), i64(w.Cols()), f32p(out))
