@@ -115,6 +115,9 @@ func gnlp_workspace_size(param *C.gnlp_tensor, config *C.gnlp_config, bytes *C.i
 		if err != nil {
 			return err
 		}
+		if err := core.CheckParam(p.DType, p.Shape); err != nil {
+			return err
+		}
 		*bytes = C.int64_t(4 * core.PlanFor(p.Shape, cfg).WorkspaceElems())
 		return nil
 	})

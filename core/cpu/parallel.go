@@ -88,8 +88,26 @@ func ensureHelpers(n int) {
 	helpersMu.Unlock()
 }
 
+// threads is the limit SetThreads set (0: none).
+var threads atomic.Int32
+
+// SetThreads limits every parallel loop to n goroutines, the caller
+// included (n <= 0: GOMAXPROCS, the default). Loops already running keep
+// their helpers; the next loop follows the new limit.
+func SetThreads(n int) {
+	threads.Store(int32(max(n, 0)))
+}
+
+// Threads is how many goroutines a parallel loop may use now.
+func Threads() int { return workers() }
+
 // workers is how many goroutines (the caller included) a loop may use.
-func workers() int { return runtime.GOMAXPROCS(0) }
+func workers() int {
+	if n := int(threads.Load()); n > 0 {
+		return min(n, runtime.GOMAXPROCS(0))
+	}
+	return runtime.GOMAXPROCS(0)
+}
 
 // parallelFor runs w.Run(i) for i in [0, n), on the caller and on the
 // helpers that are idle, and returns when all units are done. A panic in a

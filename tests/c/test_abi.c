@@ -19,11 +19,13 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ checks */
 
@@ -1112,6 +1114,235 @@ static void test_threads(void)
     }
 }
 
+/* ------------------------------------------------------ hardening (issue 13) */
+
+/* A parameter without the reference model: random weights, its state from
+ * the library's layout, initialised. */
+typedef struct {
+    int m, n;
+    gnlp_config cfg;
+    float *w, *grad;
+    gnlp_tensor param, gradt;
+    int32_t n_state;
+    int64_t bytes[GNLP_MAX_STATE];
+    void *buf[GNLP_MAX_STATE];
+    gnlp_tensor state[GNLP_MAX_STATE];
+} plain_t;
+
+static void plain_create(plain_t *p, int m, int n, gnlp_config cfg, uint64_t seed)
+{
+    memset(p, 0, sizeof *p);
+    p->m = m, p->n = n, p->cfg = cfg;
+    p->w = xmalloc(sizeof(float) * (size_t)m * n);
+    p->grad = xmalloc(sizeof(float) * (size_t)m * n);
+    rng_state = seed;
+    for (size_t i = 0; i < (size_t)m * n; i++)
+        p->w[i] = (float)(0.5 * urand());
+    p->param = host_tensor(p->w, GNLP_FLOAT32, 2, m, n);
+    p->gradt = host_tensor(p->grad, GNLP_FLOAT32, 2, m, n);
+    gnlp_buffer_spec specs[GNLP_MAX_STATE];
+    if (gnlp_state_layout(&p->param, &cfg, specs, GNLP_MAX_STATE, &p->n_state) != GNLP_OK)
+        fatal("plain_create: gnlp_state_layout");
+    for (int i = 0; i < p->n_state; i++) {
+        p->bytes[i] = specs[i].bytes;
+        p->buf[i] = xmalloc((size_t)specs[i].bytes);
+        p->state[i] = host_tensor(p->buf[i], specs[i].dtype, specs[i].ndim, specs[i].shape[0], specs[i].shape[1]);
+    }
+    if (gnlp_state_init(&p->param, p->state, p->n_state, &cfg, NULL) != GNLP_OK)
+        fatal("plain_create: gnlp_state_init");
+}
+
+static void plain_fill_grad(plain_t *p, double scale)
+{
+    for (size_t i = 0; i < (size_t)p->m * p->n; i++)
+        p->grad[i] = (float)(scale * urand());
+}
+
+static void plain_free(plain_t *p)
+{
+    free(p->w);
+    free(p->grad);
+    for (int i = 0; i < p->n_state; i++)
+        free(p->buf[i]);
+}
+
+/* Param and state bytes of several parameters. */
+static snap_t plain_snapshot(plain_t *ps, int n)
+{
+    size_t len = 0;
+    for (int k = 0; k < n; k++) {
+        len += sizeof(float) * (size_t)ps[k].m * ps[k].n;
+        for (int i = 0; i < ps[k].n_state; i++)
+            len += (size_t)ps[k].bytes[i];
+    }
+    snap_t s = {xmalloc(len), len};
+    size_t off = 0;
+    for (int k = 0; k < n; k++) {
+        size_t wb = sizeof(float) * (size_t)ps[k].m * ps[k].n;
+        memcpy(s.bytes + off, ps[k].w, wb);
+        off += wb;
+        for (int i = 0; i < ps[k].n_state; i++) {
+            memcpy(s.bytes + off, ps[k].buf[i], (size_t)ps[k].bytes[i]);
+            off += (size_t)ps[k].bytes[i];
+        }
+    }
+    return s;
+}
+
+static int plain_unchanged(plain_t *ps, int n, snap_t before)
+{
+    snap_t now = plain_snapshot(ps, n);
+    int same = now.len == before.len && memcmp(now.bytes, before.bytes, now.len) == 0;
+    free(now.bytes);
+    free(before.bytes);
+    return same;
+}
+
+static gnlp_status plain_batch(plain_t *ps, int n, long step)
+{
+    gnlp_step_item items[4];
+    memset(items, 0, sizeof items);
+    for (int k = 0; k < n; k++) {
+        items[k].param = ps[k].param;
+        items[k].grad = ps[k].gradt;
+        items[k].state = ps[k].state;
+        items[k].n_state = ps[k].n_state;
+        items[k].config = ps[k].cfg;
+        items[k].step = step;
+    }
+    return gnlp_step_batch(items, n, NULL);
+}
+
+/* The repro of issue 13: 64x48, rank 8, update_proj_gap 10, ten normal
+ * steps, then one weight set to +Inf (or a gradient of 1e38) entering the
+ * refresh step 11. Once a hang in the SVD (Inf) and NaN weights (1e38);
+ * now refused with nothing changed. Run as a batch with two healthy
+ * parameters, which must stay untouched too (once a partial update). */
+static void test_refresh_of_bad_values(void)
+{
+    for (int spoil = 0; spoil < 2; spoil++) {
+        gnlp_config cfg = proj_config(8, GNLP_PROJ_STD, 10);
+        plain_t ps[3];
+        plain_create(&ps[0], 40, 32, cfg, 5);
+        plain_create(&ps[1], 64, 48, cfg, 6);
+        plain_create(&ps[2], 24, 30, cfg, 7);
+        for (long t = 1; t <= 10; t++) {
+            for (int k = 0; k < 3; k++)
+                plain_fill_grad(&ps[k], 1);
+            CHECK_STATUS(plain_batch(ps, 3, t), GNLP_OK);
+        }
+        for (int k = 0; k < 3; k++)
+            plain_fill_grad(&ps[k], 1);
+        if (spoil == 0)
+            ps[1].w[5] = INFINITY;
+        else
+            for (int i = 0; i < 64 * 48; i++)
+                ps[1].grad[i] = 1e38f;
+        snap_t before = plain_snapshot(ps, 3);
+        CHECK_STATUS(plain_batch(ps, 3, 11), GNLP_ERR_NONFINITE);
+        CHECK(strstr(gnlp_last_error(), "items[1]") != NULL, "the error names the parameter: \"%s\"", gnlp_last_error());
+        CHECK(plain_unchanged(ps, 3, before), "%s at a refresh: a failed batch changed parameters or state",
+              spoil == 0 ? "an Inf weight" : "a 1e38 gradient");
+        /* alone, through gnlp_step */
+        before = plain_snapshot(&ps[1], 1);
+        CHECK_STATUS(gnlp_step(&ps[1].param, &ps[1].gradt, ps[1].state, ps[1].n_state, &cfg, 11, NULL),
+                     GNLP_ERR_NONFINITE);
+        CHECK(plain_unchanged(&ps[1], 1, before), "a failed gnlp_step changed parameters or state");
+        for (int k = 0; k < 3; k++)
+            plain_free(&ps[k]);
+    }
+}
+
+/* The same parameter twice in one batch (or state shared between two) is
+ * refused: its result would depend on thread timing. */
+static void test_batch_aliasing(void)
+{
+    gnlp_config cfg = proj_config(4, GNLP_PROJ_STD, 3);
+    plain_t ps[3];
+    plain_create(&ps[0], 32, 20, cfg, 8);
+    plain_create(&ps[1], 20, 20, cfg, 9);
+    plain_fill_grad(&ps[0], 1);
+    plain_fill_grad(&ps[1], 1);
+    ps[2] = ps[0];
+    snap_t before = plain_snapshot(ps, 2);
+    CHECK_STATUS(plain_batch(ps, 3, 1), GNLP_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(gnlp_last_error(), "overlap") != NULL, "aliasing message: \"%s\"", gnlp_last_error());
+    CHECK(plain_unchanged(ps, 2, before), "a refused batch changed parameters or state");
+    /* a gradient shared by two parameters is only read: fine */
+    ps[1].gradt.data = ps[0].grad;
+    ps[1].gradt.shape[0] = 20;
+    CHECK_STATUS(plain_batch(ps, 2, 1), GNLP_OK);
+    plain_free(&ps[0]);
+    plain_free(&ps[1]);
+}
+
+/* gnlp_state_layout on huge shapes: an overflow error, never 0 or
+ * negative byte counts; the largest accepted shapes give positive sizes. */
+static void test_layout_overflow(void)
+{
+    gnlp_config cfg = proj_config(8, GNLP_PROJ_STD, 10);
+    int64_t huge[][2] = {{(int64_t)1 << 40, (int64_t)1 << 40}, {INT64_MAX, 2}, {(int64_t)1 << 53, 1}};
+    for (int i = 0; i < 3; i++) {
+        for (int bits = 32; bits >= 4; bits /= 2) {
+            if (bits == 16)
+                continue;
+            cfg.optim_bits = bits;
+            gnlp_tensor t = host_tensor(NULL, GNLP_FLOAT32, 2, huge[i][0], huge[i][1]);
+            gnlp_buffer_spec specs[GNLP_MAX_STATE];
+            int32_t count = 0;
+            CHECK_STATUS(gnlp_state_layout(&t, &cfg, specs, GNLP_MAX_STATE, &count), GNLP_ERR_SHAPE);
+            int64_t ws = 0;
+            t.data = &ws; /* gnlp_workspace_size wants a real tensor */
+            CHECK_STATUS(gnlp_workspace_size(&t, &cfg, &ws), GNLP_ERR_SHAPE);
+        }
+    }
+    gnlp_tensor t = host_tensor(NULL, GNLP_BFLOAT16, 2, (int64_t)1 << 26, (int64_t)1 << 26);
+    for (int bits = 32; bits >= 4; bits /= 2) {
+        if (bits == 16)
+            continue;
+        cfg.optim_bits = bits;
+        gnlp_buffer_spec specs[GNLP_MAX_STATE];
+        int32_t count = 0;
+        CHECK_STATUS(gnlp_state_layout(&t, &cfg, specs, GNLP_MAX_STATE, &count), GNLP_OK);
+        for (int i = 0; i < count; i++)
+            CHECK(specs[i].bytes > 0, "2^26 x 2^26, %d bits: %s has %lld bytes", bits, specs[i].name,
+                  (long long)specs[i].bytes);
+    }
+}
+
+/* A CPU tensor's device_index must be 0. */
+static void test_cpu_device_index(void)
+{
+    gnlp_config cfg = proj_config(2, GNLP_PROJ_STD, 3);
+    plain_t p;
+    plain_create(&p, 8, 6, cfg, 10);
+    plain_fill_grad(&p, 1);
+    int32_t bad[] = {-1, 1, INT32_MIN};
+    for (int i = 0; i < 3; i++) {
+        snap_t before = plain_snapshot(&p, 1);
+        gnlp_tensor param = p.param, grad = p.gradt, st[GNLP_MAX_STATE];
+        param.device_index = bad[i];
+        CHECK_STATUS(gnlp_step(&param, &p.gradt, p.state, p.n_state, &cfg, 1, NULL), GNLP_ERR_DEVICE);
+        grad.device_index = bad[i];
+        CHECK_STATUS(gnlp_step(&p.param, &grad, p.state, p.n_state, &cfg, 1, NULL), GNLP_ERR_DEVICE);
+        memcpy(st, p.state, sizeof st);
+        st[p.n_state - 1].device_index = bad[i];
+        CHECK_STATUS(gnlp_step(&p.param, &p.gradt, st, p.n_state, &cfg, 1, NULL), GNLP_ERR_DEVICE);
+        CHECK(plain_unchanged(&p, 1, before), "a refused step changed parameters or state");
+    }
+    plain_free(&p);
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "FAIL: test_abi did not finish in 300 s (a library call hangs)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {
+        /* nothing left to do */
+    }
+    _exit(2);
+}
+
 /* ------------------------------------------------------------ basics */
 
 static void test_basics(void)
@@ -1138,11 +1369,17 @@ static void test_basics(void)
 
 int main(void)
 {
+    signal(SIGALRM, on_alarm); /* a hang fails instead of blocking */
+    alarm(300);
     test_basics();
     test_steps();
     test_bf16();
     test_errors();
     test_threads();
+    test_refresh_of_bad_values();
+    test_batch_aliasing();
+    test_layout_overflow();
+    test_cpu_device_index();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
