@@ -13,6 +13,11 @@
 #                (BENCH_ARGS="--models llama60m --steps 10")
 #   make bench-convergence   AdamW vs GaLore vs GradNormLoRP vs LoRA on
 #                tinyshakespeare, ~18 min (CONVERGENCE_ARGS="--steps 200")
+#   make wheel   dist/gradnormlorp-*-manylinux*.whl: needs no Go or compiler
+#                where it is installed (also writes the sdist, which it builds from)
+#   make sdist   dist/gradnormlorp-*.tar.gz alone
+#   make wheel-test   build the wheel, install it into a fresh venv with no
+#                Go or compiler on PATH, train with it
 #   make venv    create .venv and install requirements-dev.txt (once)
 #   make clean   remove build outputs (keeps .venv; `make distclean` drops it)
 
@@ -40,12 +45,12 @@ CFLAGS_TEST := -std=c99 -O1 -g -Wall -Wextra -Werror -pedantic -Iinclude
 export CGO_ENABLED := 1
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all help venv lib cuda nvcc bench bench-convergence test demo ctest vet gotest pytest check-go header-cxx clean distclean
+.PHONY: all help venv lib cuda nvcc bench bench-convergence test demo ctest vet gotest pytest check-go header-cxx clean distclean sdist wheel wheel-test
 
 all: lib
 
 help:
-	@sed -n '3,18p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
 
 check-go:
 	@command -v $(GO) >/dev/null 2>&1 || { \
@@ -148,6 +153,37 @@ demo: venv | check-go
 	$(VPY) -m pip install -q .
 	@echo ">> python -m gradnormlorp.demo $(DEMO_ARGS)"
 	$(VPY) -m gradnormlorp.demo $(DEMO_ARGS)
+
+# ---------------------------------------------------------------- packaging
+# `python -m build` writes the sdist, then builds the wheel from it unpacked
+# in a temporary folder, so a file missing from MANIFEST.in fails here. The
+# Go library is linked against glibc 2.17 by zig (scripts/zigcc); the CUDA
+# backend, built where nvcc is found, finds cuBLAS/cuSOLVER/cudart in torch's
+# NVIDIA wheels (GRADNORMLORP_PORTABLE=1, see setup.py). auditwheel retags
+# the wheel manylinux and leaves those libraries to torch's wheels.
+WHEEL_STAMP := $(VENV)/.wheel-requirements-stamp
+WHEEL_BUILD := build/wheel
+NVIDIA_LIBS := libcudart.so.* libcublas.so.* libcublasLt.so.* libcusolver.so.*
+PKG_VERSION = $(shell cat capi/VERSION)
+WHEEL_ENV = PATH="$(abspath $(VENV))/bin:$$PATH"
+
+$(WHEEL_STAMP): requirements-wheel.txt | venv
+	$(VPY) -m pip install -q -r requirements-wheel.txt
+	@touch $@
+
+sdist: $(WHEEL_STAMP)
+	$(VPY) -m build --sdist --no-isolation --outdir dist .
+
+wheel: $(WHEEL_STAMP) | check-go
+	rm -rf $(WHEEL_BUILD) dist/gradnormlorp-$(PKG_VERSION)-*.whl
+	$(WHEEL_ENV) CC="$(CURDIR)/scripts/zigcc" GNLP_ZIG_PYTHON="$(abspath $(VPY))" GRADNORMLORP_PORTABLE=1 \
+	  $(VPY) -m build --no-isolation --outdir $(WHEEL_BUILD) .
+	$(WHEEL_ENV) $(VPY) -m auditwheel repair $(foreach l,$(NVIDIA_LIBS),--exclude '$(l)') -w dist $(WHEEL_BUILD)/*.whl
+	cp $(WHEEL_BUILD)/*.tar.gz dist/
+	@ls -l dist/gradnormlorp-$(PKG_VERSION)*
+
+wheel-test: wheel
+	bash scripts/wheel_test.sh dist/gradnormlorp-$(PKG_VERSION)-*.whl $(VPY)
 
 # ---------------------------------------------------------------- clean
 clean:

