@@ -18,6 +18,11 @@
 #   make sdist   dist/gradnormlorp-*.tar.gz alone
 #   make wheel-test   build the wheel, install it into a fresh venv with no
 #                Go or compiler on PATH, train with it
+#   make gotch-test   go vet + go test of the Go front end on gotch (gotch/,
+#                its own module): prepares libtorch 2.1.2 from the torch wheel
+#                first (make libtorch, ~685 MB download once, ~500 MB unpacked)
+#   make gotch-demo   train a byte-level MLP with gotch: GradNormLoRP vs AdamW
+#                (GOTCH_DEMO_ARGS="-steps 600 -rank 16")
 #   make venv    create .venv and install requirements-dev.txt (once)
 #   make clean   remove build outputs (keeps .venv; `make distclean` drops it)
 
@@ -184,6 +189,43 @@ wheel: $(WHEEL_STAMP) | check-go
 
 wheel-test: wheel
 	bash scripts/wheel_test.sh dist/gradnormlorp-$(PKG_VERSION)-*.whl $(VPY)
+
+# ---------------------------------------------------------------- gotch front end
+# gotch/ is a Go module of its own, so the root module and `make test` stay
+# free of gotch and libtorch. libtorch (CPU) comes from the torch wheel on
+# PyPI into GOTCH_CACHE (CI points it at ~/.cache to keep it between runs);
+# the CPU-only gotch fork (scripts/fork-gotch.sh) sits where gotch/go.mod's
+# replace directive points. The libtorch path is versioned, and -trimpath
+# keeps checkout paths out of Go's build cache keys: the C++ wrapper of
+# gotch (minutes to compile) is built once per machine.
+GOTCH_CACHE ?= $(CURDIR)/.cache/gotch
+LIBTORCH := $(GOTCH_CACHE)/libtorch-2.1.2
+GOTCH_FORK := .cache/gotch/gotch-v0.9.1-cpu
+GOTCH_CORPUS ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) README.md)
+GOTCH_DEMO_ARGS ?=
+# OMP_WAIT_POLICY=passive: libtorch's OpenMP threads otherwise spin after
+# each op and starve the optimizer's goroutines (10x slower steps).
+GOTCH_ENV = cd gotch && GOWORK=off GOFLAGS=-trimpath OMP_WAIT_POLICY=passive CGO_ENABLED=1 \
+  CGO_CFLAGS="-I$(LIBTORCH)/include" \
+  CGO_CXXFLAGS="-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include" \
+  CGO_LDFLAGS="-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib"
+
+.PHONY: libtorch gotch-fork gotch-test gotch-demo
+
+libtorch:
+	PYTHON=$(PYTHON) bash gotch/scripts/libtorch.sh $(GOTCH_CACHE)
+
+gotch-fork: | check-go
+	bash gotch/scripts/fork-gotch.sh $(GOTCH_FORK)
+
+gotch-test: libtorch gotch-fork
+	@echo ">> gotch/: go vet ./... (the first build compiles gotch's C++ wrapper: minutes)"
+	$(GOTCH_ENV) $(GO) vet ./...
+	@echo ">> gotch/: go test ./..."
+	$(GOTCH_ENV) $(GO) test ./...
+
+gotch-demo: libtorch gotch-fork
+	$(GOTCH_ENV) $(GO) run ./cmd/demo -corpus "$(abspath $(GOTCH_CORPUS))" $(GOTCH_DEMO_ARGS)
 
 # ---------------------------------------------------------------- clean
 clean:
