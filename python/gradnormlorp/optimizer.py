@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from . import _lib
+from . import _lib, audit
 from ._lib import GradNormLoRPError
 
 __all__ = ["GradNormLoRP"]
@@ -130,6 +130,7 @@ class GradNormLoRP(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {k: param_group.get(k, v) for k, v in self.defaults.items()}
         _validate_hyperparameters(merged)
+        audit.check_param_group(self, param_group, merged)  # flattened/sharded matrices (audit.py)
         super().add_param_group(param_group)
 
     # ------------------------------------------------------------------ state
@@ -261,6 +262,7 @@ class GradNormLoRP(Optimizer):
         have a gradient, under their groups' current hyperparameters: one
         library call per device. Layer-wise mode steps one parameter at a time
         through this."""
+        audit.check_first_step(self)  # once: refuse flattened/replaced matrices, log the summary
         batches: dict[tuple[int, int], list] = {}  # device -> [(p, state, new, item fields)]
         for gi, pi in which:
             group = self.param_groups[gi]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradnormlorp import GradNormLoRP, target_param_groups
-from gradnormlorp.groups import module_matches
+from gradnormlorp import GradNormLoRP, GradNormLoRPError, target_param_groups
+from gradnormlorp.groups import module_matches, unwrapped_named_modules
 
 
 class Block(nn.Module):
@@ -40,7 +40,7 @@ def test_list_of_names_substring_and_exact():
     assert names_in(groups, m, 0) == [f"layers.{i}.{k}.weight" for i in range(2) for k in ("q_proj", "v_proj")]
     g0, g1 = groups
     assert g0["rank"] == 4 and g0["update_proj_gap"] == 200 and g0["scale"] == 0.25 and g0["proj_type"] == "std"
-    assert "rank" not in g1
+    assert g1["rank"] is None  # AdamW even under GradNormLoRP(groups, rank=...)
     # Everything else, biases included, is in the plain group; nothing twice.
     assert len(g0["params"]) + len(g1["params"]) == len(list(m.parameters()))
     assert "layers.0.q_proj.bias" in names_in(groups, m, 1)
@@ -125,3 +125,49 @@ def test_groups_feed_the_optimizer():
     st = opt.state[m.layers[0].q_proj.weight]
     assert "magnitude" in st and st["step"] == 3
     assert "magnitude" not in opt.state[m.embed.weight]
+
+
+class Holder(nn.Module):
+    """A model with a submodule of its own that happens to be named "module"."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = Model()
+
+
+def test_wrapper_prefixes_are_dropped():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    m = Model()
+    m.layers[1] = checkpoint_wrapper(m.layers[1])
+    want = names_in(target_param_groups(m, r"layers\.\d\.q_proj", rank=2), m, 0)
+    assert want == ["layers.0.q_proj.weight", "layers.1._checkpoint_wrapped_module.q_proj.weight"]
+    for wrapped in (torch.compile(m), nn.DataParallel(m), torch.compile(nn.DataParallel(m))):
+        assert names_in(target_param_groups(wrapped, r"layers\.\d\.q_proj", rank=2), m, 0) == want
+    unwrapped = list(unwrapped_named_modules(torch.compile(nn.DataParallel(m))))
+    assert [n for n, _ in unwrapped] == [n for n, _ in Model().named_modules()]
+    assert unwrapped[0][1] is m and dict(unwrapped)["layers.1"] is m.layers[1]._checkpoint_wrapped_module
+
+
+def test_a_models_own_module_named_module_keeps_its_name():
+    h = Holder()
+    names = [n for n, _ in unwrapped_named_modules(h)]
+    assert names == [n for n, _ in h.named_modules()] and "module.layers.0.q_proj" in names
+    assert len(target_param_groups(h, r"module\.layers\.0\.q_proj", rank=2)[0]["params"]) == 1
+
+
+def test_plain_group_stays_adamw_under_a_default_rank():
+    m = Model()
+    opt = GradNormLoRP(target_param_groups(m, ["q_proj"], rank=4), rank=8)
+    assert [g["rank"] for g in opt.param_groups] == [4, None]
+
+
+def test_weight_that_is_not_a_whole_matrix_is_refused():
+    m = Model()
+    m.layers[0].q_proj.weight = nn.Parameter(torch.zeros(64))  # a shard of unknown layout
+    with pytest.raises(GradNormLoRPError, match=r"'layers.0.q_proj'.*of shape \(64,\), not 2-D.*DistributedDataParallel"):
+        target_param_groups(m, ["q_proj"], rank=2)
+    m = Model()
+    torch.nn.utils.parametrizations.weight_norm(m.layers[0].v_proj)  # weight computed, not a parameter
+    with pytest.raises(GradNormLoRPError, match=r"'layers.0.v_proj'.*is not one of the model's parameters, so"):
+        target_param_groups(m, ["v_proj"], rank=2)
