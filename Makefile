@@ -176,11 +176,14 @@ $(WHEEL_STAMP): requirements-wheel.txt | venv
 	$(VPY) -m pip install -q -r requirements-wheel.txt
 	@touch $@
 
+# A stale egg-info would add every file its SOURCES.txt lists to the sdist,
+# hiding a gap in MANIFEST.in: start without it.
 sdist: $(WHEEL_STAMP)
+	rm -rf python/gradnormlorp.egg-info
 	$(VPY) -m build --sdist --no-isolation --outdir dist .
 
 wheel: $(WHEEL_STAMP) | check-go
-	rm -rf $(WHEEL_BUILD) dist/gradnormlorp-$(PKG_VERSION)-*.whl
+	rm -rf $(WHEEL_BUILD) python/gradnormlorp.egg-info dist/gradnormlorp-$(PKG_VERSION)-*.whl
 	$(WHEEL_ENV) CC="$(CURDIR)/scripts/zigcc" GNLP_ZIG_PYTHON="$(abspath $(VPY))" GRADNORMLORP_PORTABLE=1 \
 	  $(VPY) -m build --no-isolation --outdir $(WHEEL_BUILD) .
 	$(WHEEL_ENV) $(VPY) -m auditwheel repair $(foreach l,$(NVIDIA_LIBS),--exclude '$(l)') -w dist $(WHEEL_BUILD)/*.whl

@@ -86,6 +86,10 @@ cuda = info["backends"]["cuda"]
 assert cuda["built"] == has_cuda, cuda
 if has_cuda:
     assert cuda["loads"], f"the wheel's CUDA backend does not load: {cuda['error']}"
+from importlib.metadata import distribution
+dist = distribution("gradnormlorp")
+assert dist.metadata["License-Expression"] == "Apache-2.0", dict(dist.metadata)
+assert any(f.name == "LICENSE" and "Apache License" in f.read_text() for f in dist.files), dist.files
 print(f"wheel_test: info OK (version {info['version']}, ABI {info['library']['abi']}, CUDA backend "
       f"{'carried and loads' if has_cuda else 'not carried'})")
 EOF
