@@ -69,13 +69,3 @@ func gnlp_cuda_scratch(index C.int32_t, release C.int32_t, reserved, inUse, peak
 		return nil
 	})
 }
-
-// deviceEnumPairs are the status codes the CUDA backend adds, beside the
-// values package cuda uses (enums_test.go checks enumPairs; device_test.go
-// these).
-func deviceEnumPairs() map[string][2]int64 {
-	return map[string][2]int64{
-		"GNLP_ERR_NO_DRIVER": {C.GNLP_ERR_NO_DRIVER, int64(cuda.CodeNoDriver)},
-		"GNLP_ERR_CUDA":      {C.GNLP_ERR_CUDA, int64(cuda.CodeCUDA)},
-	}
-}

@@ -3,19 +3,15 @@ package core
 import (
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 )
 
-// ProjType chooses which side(s) of a gradient matrix are projected.
-// Values equal gnlp_proj_type.
+// ProjType chooses which side(s) of a gradient matrix are projected. Its
+// values (ProjStd: the smaller side, right if m >= n, else left;
+// ProjReverseStd: the larger side; ProjRight, ProjLeft, ProjFull) are
+// gnlp_proj_type's, generated into abi_gen.go.
 type ProjType int32
-
-const (
-	ProjStd        ProjType = 0 // the smaller side: right if m >= n, else left
-	ProjReverseStd ProjType = 1 // the larger side
-	ProjRight      ProjType = 2
-	ProjLeft       ProjType = 3
-	ProjFull       ProjType = 4
-)
 
 var projTypeNames = [...]string{"std", "reverse_std", "right", "left", "full"}
 
@@ -37,18 +33,12 @@ func ParseProjType(name string) (ProjType, error) {
 }
 
 // RefreshMode chooses how a projector refresh finds the top-r singular
-// subspace of the weight-norm gradient. Values equal gnlp_config.refresh.
+// subspace of the weight-norm gradient: RefreshSVD, the exact SVD (the
+// default), or RefreshSubspace, subspace iteration warm-started from the
+// previous projector (see refresh.go; the first refresh of a parameter,
+// step 1, is exact, and backends without the Refresher primitives use the
+// exact SVD throughout). Values are gnlp_refresh's (abi_gen.go).
 type RefreshMode int32
-
-const (
-	// RefreshSVD is the exact SVD (the default).
-	RefreshSVD RefreshMode = 0
-	// RefreshSubspace is subspace iteration warm-started from the previous
-	// projector (see refresh.go). The first refresh of a parameter (step 1)
-	// is exact, and backends without the Refresher primitives use the exact
-	// SVD throughout.
-	RefreshSubspace RefreshMode = 1
-)
 
 var refreshNames = [...]string{"svd", "subspace"}
 
@@ -57,16 +47,6 @@ func (r RefreshMode) String() string {
 		return refreshNames[r]
 	}
 	return fmt.Sprintf("refresh(%d)", int32(r))
-}
-
-// ParseRefresh maps a refresh name ("svd", "subspace") to its value.
-func ParseRefresh(name string) (RefreshMode, error) {
-	for i, n := range refreshNames {
-		if n == name {
-			return RefreshMode(i), nil
-		}
-	}
-	return 0, Errorf(CodeUnknownOption, "unknown refresh %q (want svd or subspace)", name)
 }
 
 // Config holds the hyperparameters of one step. Rank 0 means plain AdamW.
@@ -86,41 +66,46 @@ type Config struct {
 
 // DefaultConfig follows torch.optim.AdamW for the Adam hyperparameters and
 // galore_torch.GaLoreAdamW for the projection ones.
+// (the header's GNLP_DEFAULT_* values).
 func DefaultConfig() Config {
 	return Config{
-		LR: 1e-3, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 1e-2,
-		Scale: 1, Rank: 0, UpdateProjGap: 200, ProjType: ProjStd,
-		CorrectBias: true, OptimBits: 32,
+		LR: defaultLR, Beta1: defaultBeta1, Beta2: defaultBeta2, Eps: defaultEps, WeightDecay: defaultWeightDecay,
+		Scale: defaultScale, Rank: defaultRank, UpdateProjGap: defaultUpdateProjGap, ProjType: defaultProjType,
+		CorrectBias: defaultCorrectBias != 0, OptimBits: defaultOptimBits, Refresh: defaultRefresh,
 	}
 }
 
-// Validate checks every hyperparameter and names the first bad one.
+// Validate checks every hyperparameter and names the first bad one with
+// its value (floats as Python writes them, since most callers come from
+// Python). Values must also fit float32, in which steps compute.
 func (c Config) Validate() error {
-	finiteNonNeg := []struct {
+	for _, f := range [...]struct {
 		name string
 		v    float64
-	}{{"lr", c.LR}, {"eps", c.Eps}, {"weight_decay", c.WeightDecay}}
-	for _, f := range finiteNonNeg {
+	}{{"lr", c.LR}, {"eps", c.Eps}, {"weight_decay", c.WeightDecay}} {
 		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
-			return Errorf(CodeInvalidArgument, "invalid %s: %v (must be finite and >= 0)", f.name, f.v)
+			return Errorf(CodeInvalidArgument, "invalid %s: %s (must be a finite number >= 0)", f.name, pyFloat(f.v))
+		}
+		if f.v > math.MaxFloat32 {
+			return Errorf(CodeInvalidArgument, "invalid %s: %s (too large for float32)", f.name, pyFloat(f.v))
 		}
 	}
-	for _, b := range []struct {
-		name string
-		v    float64
-	}{{"beta1", c.Beta1}, {"beta2", c.Beta2}} {
-		if !(b.v >= 0 && b.v < 1) {
-			return Errorf(CodeInvalidArgument, "invalid %s: %v (must be in [0, 1))", b.name, b.v)
+	for i, b := range [...]float64{c.Beta1, c.Beta2} {
+		if !(b >= 0 && b < 1) {
+			return Errorf(CodeInvalidArgument, "invalid beta parameter at index %d: %s (beta%d must be in [0, 1))", i, pyFloat(b), i+1)
 		}
 	}
 	if math.IsNaN(c.Scale) || math.IsInf(c.Scale, 0) {
-		return Errorf(CodeInvalidArgument, "invalid scale: %v (must be finite)", c.Scale)
+		return Errorf(CodeInvalidArgument, "invalid scale: %s (must be a finite number)", pyFloat(c.Scale))
+	}
+	if math.Abs(c.Scale) > math.MaxFloat32 {
+		return Errorf(CodeInvalidArgument, "invalid scale: %s (too large for float32)", pyFloat(c.Scale))
 	}
 	if c.Rank < 0 {
 		return Errorf(CodeInvalidArgument, "invalid rank: %d (must be >= 0; 0 means no projection)", c.Rank)
 	}
 	if c.Rank > 0 && c.UpdateProjGap < 1 {
-		return Errorf(CodeInvalidArgument, "invalid update_proj_gap: %d (must be >= 1)", c.UpdateProjGap)
+		return Errorf(CodeInvalidArgument, "invalid update_proj_gap: %d (must be an int >= 1)", c.UpdateProjGap)
 	}
 	if c.ProjType < ProjStd || c.ProjType > ProjFull {
 		return Errorf(CodeUnknownOption, "unknown proj_type %d (want 0..4: std, reverse_std, right, left, full)", int32(c.ProjType))
@@ -129,9 +114,30 @@ func (c Config) Validate() error {
 		return Errorf(CodeUnknownOption, "unknown refresh %d (want 0: svd, 1: subspace)", int32(c.Refresh))
 	}
 	if c.OptimBits != 32 && c.OptimBits != 8 && c.OptimBits != 4 {
-		return Errorf(CodeUnknownOption, "unsupported optim_bits %d (supported: 32, 8, 4)", c.OptimBits)
+		return Errorf(CodeUnknownOption, "invalid optim_bits: %d (want 32, 8 or 4)", c.OptimBits)
 	}
 	return nil
+}
+
+// pyFloat formats v as Python's repr does: "0.001", "1.0", "1e-08",
+// "1e+16", "nan", "inf".
+func pyFloat(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "nan"
+	case math.IsInf(v, 1):
+		return "inf"
+	case math.IsInf(v, -1):
+		return "-inf"
+	}
+	if a := math.Abs(v); a != 0 && (a < 1e-4 || a >= 1e16) {
+		return strconv.FormatFloat(v, 'e', -1, 64)
+	}
+	s := strconv.FormatFloat(v, 'f', -1, 64)
+	if !strings.Contains(s, ".") {
+		s += ".0"
+	}
+	return s
 }
 
 // adamParams are the scalars of step `step` (1-based).

@@ -5,27 +5,12 @@ import (
 	"fmt"
 )
 
-// Code classifies an error. The values equal the gnlp_status codes of
-// include/gradnormlorp.h so the C API can pass them through unchanged.
+// Code classifies an error. The values are the gnlp_status codes of
+// include/gradnormlorp.h, so the C API passes them through unchanged.
 type Code int32
 
-// Code values, mirrored from include/gradnormlorp.h (abi_mirrors_test.go
-// keeps them equal).
-const (
-	CodeInvalidArgument    Code = 1
-	CodeNullPointer        Code = 2
-	CodeMisaligned         Code = 3
-	CodeShape              Code = 4
-	CodeDType              Code = 5
-	CodeNotContiguous      Code = 6
-	CodeNonFinite          Code = 7
-	CodeUnknownOption      Code = 8
-	CodeDevice             Code = 9
-	CodeBackendUnavailable Code = 10
-	CodeBufferTooSmall     Code = 11
-	CodeNumerical          Code = 12
-	CodeInternal           Code = 13
-)
+// The Code values (CodeInvalidArgument, ...) are generated from
+// include/gradnormlorp.h into abi_gen.go.
 
 // Error is an error with a Code. Its message names the offending input.
 // Err, when set, is the error it wraps.

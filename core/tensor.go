@@ -5,15 +5,9 @@ import (
 	"unsafe"
 )
 
-// DType is the element type of a tensor. Values equal gnlp_dtype.
+// DType is the element type of a tensor. Its values (Float32, BFloat16,
+// Float16, Uint8) are gnlp_dtype's, generated into abi_gen.go.
 type DType int32
-
-const (
-	Float32  DType = 0
-	BFloat16 DType = 1
-	Float16  DType = 2
-	Uint8    DType = 3
-)
 
 // Size is the size of one element in bytes.
 func (d DType) Size() int {

@@ -37,7 +37,7 @@ __constant__ QuantTables d_tables = {GNLP_QUANT_SIGNED8, GNLP_QUANT_UNSIGNED8, G
 // ---------------------------------------------------------------- errors
 
 int cuda_fail(const ErrBuf &err, cudaError_t e, const char *what) {
-    int code = kCuda;
+    int code = kCUDA;
     const char *prefix = "";
     if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) {
         code = kNoDriver;
@@ -186,7 +186,7 @@ struct CublasLease {
             cublasStatus_t st = cublasCreate(&h);
             if (st != CUBLAS_STATUS_SUCCESS) {
                 h = nullptr;
-                return err.fail(kCuda, "cublasCreate failed: %s", cublas_name(st));
+                return err.fail(kCUDA, "cublasCreate failed: %s", cublas_name(st));
             }
             cublasSetStream(h, stream);
         }
@@ -208,7 +208,7 @@ struct CusolverLease {
             cusolverStatus_t st = cusolverDnCreate(&h);
             if (st != CUSOLVER_STATUS_SUCCESS) {
                 h = nullptr;
-                return err.fail(kCuda, "cusolverDnCreate failed: status %d", (int)st);
+                return err.fail(kCUDA, "cusolverDnCreate failed: status %d", (int)st);
             }
             cusolverDnSetStream(h, stream);
         }
@@ -625,7 +625,7 @@ struct CublasGemm {
                                          &beta, C, CUDA_R_32F, (int)ldc,
                                          tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (st != CUBLAS_STATUS_SUCCESS) {
-            return err.fail(kCuda, "cublasGemmEx (%lldx%lldx%lld) failed: %s", (long long)m, (long long)n,
+            return err.fail(kCUDA, "cublasGemmEx (%lldx%lldx%lld) failed: %s", (long long)m, (long long)n,
                             (long long)k, cublas_name(st));
         }
         return kOK;
@@ -668,7 +668,7 @@ struct DeviceSvdOps {
         }
         gesvdjInfo_t params = nullptr;
         if (cusolverDnCreateGesvdjInfo(&params) != CUSOLVER_STATUS_SUCCESS) {
-            return err.fail(kCuda, "cusolverDnCreateGesvdjInfo failed");
+            return err.fail(kCUDA, "cusolverDnCreateGesvdjInfo failed");
         }
         struct Params {
             gesvdjInfo_t p;
@@ -678,7 +678,7 @@ struct DeviceSvdOps {
         cusolverStatus_t st = cusolverDnSgesvdj_bufferSize(solver, CUSOLVER_EIG_MODE_VECTOR, 1, (int)p, (int)q, T,
                                                            (int)p, S, U, (int)p, V, (int)q, &lwork, params);
         if (st != CUSOLVER_STATUS_SUCCESS) {
-            return err.fail(kCuda, "cusolverDnSgesvdj_bufferSize (%lldx%lld) failed: status %d", (long long)p,
+            return err.fail(kCUDA, "cusolverDnSgesvdj_bufferSize (%lldx%lld) failed: status %d", (long long)p,
                             (long long)q, (int)st);
         }
         Scratch<DeviceSvdOps> work(*this), info(*this);
@@ -690,7 +690,7 @@ struct DeviceSvdOps {
         st = cusolverDnSgesvdj(solver, CUSOLVER_EIG_MODE_VECTOR, 1, (int)p, (int)q, T, (int)p, S, U, (int)p, V,
                                (int)q, work.p, lwork, dinfo, params);
         if (st != CUSOLVER_STATUS_SUCCESS) {
-            return err.fail(kCuda, "cusolverDnSgesvdj (%lldx%lld) failed: status %d", (long long)p, (long long)q,
+            return err.fail(kCUDA, "cusolverDnSgesvdj (%lldx%lld) failed: status %d", (long long)p, (long long)q,
                             (int)st);
         }
         // The one wait of a refresh: did it converge, and is the step being

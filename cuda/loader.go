@@ -39,12 +39,6 @@ const LibraryName = "libgnlp_cuda.so"
 // float32 GEMM rate on A100/H100 at about 1e-3 relative error.
 const TF32Env = "GRADNORMLORP_CUDA_TF32"
 
-// Status codes the CUDA backend adds to include/gradnormlorp.h's.
-const (
-	CodeNoDriver core.Code = C.GNLP_CUDA_ERR_NO_DRIVER // no NVIDIA driver or no CUDA device
-	CodeCUDA     core.Code = C.GNLP_CUDA_ERR_CUDA      // a CUDA runtime or library call failed
-)
-
 // Library is a loaded libgnlp_cuda.so.
 type Library struct {
 	api  *C.gnlp_cuda_api // C memory, never freed (the library stays loaded)

@@ -55,16 +55,16 @@ func TestBuildAndLoadWithoutGPU(t *testing.T) {
 	if err == nil {
 		t.Skipf("%d CUDA devices present: the driverless checks do not apply", n)
 	}
-	if core.CodeOf(err) != CodeNoDriver || !strings.Contains(err.Error(), "no NVIDIA driver") {
+	if core.CodeOf(err) != core.CodeNoDriver || !strings.Contains(err.Error(), "no NVIDIA driver") {
 		t.Fatalf("device count without a driver: code %d, %v", core.CodeOf(err), err)
 	}
 	b := Backend{Lib: lib}
 	var host [4]float32 // never touched: the calls fail before any launch
 	fake := core.Tensor{Data: unsafe.Pointer(&host[0]), DType: core.Float32, Shape: core.Shape{4}}
-	if err := b.Zero(fake); core.CodeOf(err) != CodeNoDriver {
+	if err := b.Zero(fake); core.CodeOf(err) != core.CodeNoDriver {
 		t.Errorf("Zero without a driver: %v", err)
 	}
-	if _, err := b.AllFinite(fake); core.CodeOf(err) != CodeNoDriver {
+	if _, err := b.AllFinite(fake); core.CodeOf(err) != core.CodeNoDriver {
 		t.Errorf("AllFinite without a driver: %v", err)
 	}
 }

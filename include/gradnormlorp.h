@@ -22,18 +22,28 @@
  * -----------
  * - Every function returning gnlp_status returns GNLP_OK on success. On
  *   failure gnlp_last_error() gives a human-readable message for the calling
- *   thread, and parameters and state are left untouched (a step that fails
- *   validation, including a NaN/Inf gradient, changes nothing).
+ *   thread, and parameters and state are left untouched: a step or batch
+ *   that fails, for any reason found while validating or computing it (a
+ *   NaN/Inf gradient or weight, a step that would overflow float32, an SVD
+ *   that does not converge), changes nothing.
  * - Tensors must be contiguous (row-major). Strides are checked; a
  *   non-contiguous tensor is rejected with GNLP_ERR_NOT_CONTIGUOUS.
  * - Matrix parameters are m x n with rows as output units (PyTorch
  *   Linear.weight). Weight normalisation is per row.
- * - The library keeps no state between calls besides per-thread error text.
- *   Calls from several threads on different parameters may run at once.
+ * - The library keeps no state between calls besides per-thread error text
+ *   and the worker-pool size (gnlp_set_num_threads). Calls from several
+ *   threads on different parameters may run at once.
  *
  * ABI versioning: GNLP_ABI_VERSION changes whenever a struct layout, enum
  * value or function signature in this file changes incompatibly. Callers
  * compare gnlp_abi_version() with the macro they were compiled against.
+ * GNLP_ABI_MINOR counts compatible additions (new functions, marked "ABI
+ * minor N" below) within one GNLP_ABI_VERSION; it restarts at 0 when the
+ * version changes. A caller that uses an addition checks gnlp_abi_minor().
+ *
+ * This header is also the source of the ABI's constants for every other
+ * language: `make abi-check` (internal/abigen) keeps the mirrors in Go,
+ * CUDA, Python and the C test equal to the enums and defines here.
  */
 #ifndef GRADNORMLORP_H
 #define GRADNORMLORP_H
@@ -46,6 +56,7 @@ extern "C" {
 #endif
 
 #define GNLP_ABI_VERSION 1
+#define GNLP_ABI_MINOR 1
 
 /* Longest state-buffer name, including the terminating NUL. */
 #define GNLP_NAME_MAX 32
@@ -60,7 +71,8 @@ typedef enum gnlp_status {
     GNLP_ERR_SHAPE = 4,            /* shapes disagree with each other or with the layout */
     GNLP_ERR_DTYPE = 5,            /* unsupported dtype, or dtype disagrees with the layout */
     GNLP_ERR_NOT_CONTIGUOUS = 6,   /* strides are not row-major contiguous */
-    GNLP_ERR_NONFINITE = 7,        /* the gradient holds NaN or Inf; nothing was changed */
+    GNLP_ERR_NONFINITE = 7,        /* NaN or Inf in the gradient or weights, or a step that
+                                    * overflows float32; nothing was changed */
     GNLP_ERR_UNKNOWN_OPTION = 8,   /* unknown proj_type, optim_bits, ... */
     GNLP_ERR_DEVICE = 9,           /* device type/index unsupported or mixed in one call */
     GNLP_ERR_BACKEND_UNAVAILABLE = 10, /* e.g. CUDA tensor but the CUDA backend is not built */
@@ -91,6 +103,12 @@ typedef enum gnlp_proj_type {
     GNLP_PROJ_FULL = 4         /* R = P^T dV Q^T, core r x r */
 } gnlp_proj_type;
 
+/* gnlp_config.refresh (ABI minor 1 names the values 0 and 1 of ABI 1). */
+typedef enum gnlp_refresh {
+    GNLP_REFRESH_SVD = 0,     /* exact SVD */
+    GNLP_REFRESH_SUBSPACE = 1 /* subspace iteration, warm-started */
+} gnlp_refresh;
+
 /* A dense tensor of rank 1 or 2. Strides are in elements, row-major
  * contiguous means strides = {shape[1], 1} (rank 2) or {1} (rank 1). */
 typedef struct gnlp_tensor {
@@ -100,7 +118,7 @@ typedef struct gnlp_tensor {
     int64_t shape[2];     /* shape[1] ignored when ndim == 1 */
     int64_t strides[2];   /* strides[1] ignored when ndim == 1 */
     int32_t device_type;  /* gnlp_device_type */
-    int32_t device_index; /* CUDA ordinal; 0 for CPU */
+    int32_t device_index; /* CUDA ordinal; must be 0 for CPU */
 } gnlp_tensor;
 
 /* Hyperparameters. Names and meanings follow torch.optim.AdamW and
@@ -134,8 +152,24 @@ typedef struct gnlp_config {
                               * projector (8/4: blockwise dynamic codes with
                               * an fp32 absmax per 256 values, for buffers of
                               * >= 4096 elements; see gnlp_state_layout) */
-    int32_t refresh;         /* 0 exact SVD, 1 subspace iteration */
+    int32_t refresh;         /* gnlp_refresh: 0 exact SVD, 1 subspace iteration */
 } gnlp_config;
+
+/* Defaults, one per gnlp_config field (gnlp_config_default() returns
+ * them): torch.optim.AdamW's Adam hyperparameters, galore_torch's
+ * projection ones. Every language's binding takes its defaults from here. */
+#define GNLP_DEFAULT_LR 1e-3
+#define GNLP_DEFAULT_BETA1 0.9
+#define GNLP_DEFAULT_BETA2 0.999
+#define GNLP_DEFAULT_EPS 1e-8
+#define GNLP_DEFAULT_WEIGHT_DECAY 1e-2
+#define GNLP_DEFAULT_SCALE 1.0
+#define GNLP_DEFAULT_RANK 0
+#define GNLP_DEFAULT_UPDATE_PROJ_GAP 200
+#define GNLP_DEFAULT_PROJ_TYPE GNLP_PROJ_STD
+#define GNLP_DEFAULT_CORRECT_BIAS 1
+#define GNLP_DEFAULT_OPTIM_BITS 32
+#define GNLP_DEFAULT_REFRESH GNLP_REFRESH_SVD
 
 /* One state buffer as the library wants it allocated. */
 typedef struct gnlp_buffer_spec {
@@ -187,9 +221,7 @@ int32_t gnlp_abi_version(void);
  * the next call from this thread. */
 const char *gnlp_last_error(void);
 
-/* Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2,
- * scale 1, rank 0, update_proj_gap 200, proj_type STD, correct_bias 1,
- * optim_bits 32. */
+/* The defaults: GNLP_DEFAULT_* above. */
 gnlp_config gnlp_config_default(void);
 
 /* Reports the state buffers `param` needs under `config`. Writes up to
@@ -219,26 +251,32 @@ gnlp_status gnlp_step(const gnlp_tensor *param, const gnlp_tensor *grad,
                       const gnlp_tensor *state, int32_t n_state,
                       const gnlp_config *config, int64_t step, void *stream);
 
-/* Steps many parameters in one call. All items are validated (including
- * gradient finiteness) before any is changed: on error nothing is changed.
- * On the CPU the items are processed in parallel across cores. All items
- * must be on one device (GNLP_ERR_DEVICE otherwise).
+/* Steps many parameters in one call, all or none: every item is validated
+ * (gradients and weights finite, no tensor of the batch sharing memory
+ * with another's parameter or state: GNLP_ERR_INVALID_ARGUMENT for the same
+ * parameter twice), then the part of every item's step that can fail is
+ * computed (weight-norm gradients, projector refresh, low-rank Adam; every
+ * intermediate checked for NaN/Inf, state snapshotted in scratch), and only
+ * then are the parameters written. On error nothing is changed. On the CPU
+ * the items are processed in parallel across cores. All items must be on
+ * one device (GNLP_ERR_DEVICE otherwise).
  *
- * CUDA: everything is enqueued on `stream`. The call waits for the device
- * exactly once in a step without a projector refresh: after enqueueing the
- * finiteness check of every gradient, to read the verdicts (so that
- * GNLP_ERR_NONFINITE is exact and nothing has changed). A refresh step
- * waits once more per refreshed parameter, for the SVD's convergence flag.
- * gnlp_step (one item) behaves the same. Use gnlp_step_batch_async for a
- * step without any wait. */
+ * CUDA: everything is enqueued on `stream`; each finiteness check waits for
+ * the device to read its verdict (two per parameter to validate, three
+ * more per projected parameter), and a refresh step waits once more per
+ * refreshed parameter, for the SVD's convergence flag. gnlp_step (one
+ * item) behaves the same. Use gnlp_step_batch_async for a step without
+ * these waits. */
 gnlp_status gnlp_step_batch(const gnlp_step_item *items, int32_t n_items, void *stream);
 
-/* gnlp_step_batch without the host wait for the gradients' verdicts, for
+/* gnlp_step_batch without the host waits for finiteness verdicts, for
  * CUDA tensors: the finiteness checks run on the device and set
  * `*nonfinite` (a device int32 on the items' device; NULL to use a private
- * flag) to 1 if any gradient holds NaN or Inf, and every update kernel of
- * the batch then does nothing, so all parameters and state stay untouched,
- * as with a refused gnlp_step_batch. The flag is never cleared: zero it
+ * flag) to 1 if any gradient or weight holds NaN or Inf, and every update
+ * kernel of the batch then does nothing, so all parameters and state stay
+ * untouched, as with a refused gnlp_step_batch. (A step found to overflow
+ * float32 while it is computed sets the flag too; the items computed
+ * before it in the batch may then have their Adam state advanced.) The flag is never cleared: zero it
  * before the call, read it whenever convenient (like torch's found_inf).
  * A non-refresh step does not wait for the device at all; a refresh step
  * waits once per refreshed parameter (SVD convergence), and then also
@@ -262,6 +300,25 @@ gnlp_status gnlp_step_batch_async(const gnlp_step_item *items, int32_t n_items, 
  * the pool. */
 gnlp_status gnlp_workspace_size(const gnlp_tensor *param, const gnlp_config *config,
                                 int64_t *bytes);
+
+/* ABI minor 1: GNLP_ABI_MINOR of the library. */
+int32_t gnlp_abi_minor(void);
+
+/* ABI minor 1: validates a config alone (GNLP_ERR_INVALID_ARGUMENT or
+ * GNLP_ERR_UNKNOWN_OPTION with a message naming the field and its value),
+ * as every other call taking a config does first. */
+gnlp_status gnlp_config_validate(const gnlp_config *config);
+
+/* ABI minor 1: the CPU worker pool. Every parallel loop of a CPU step uses
+ * at most n threads, the caller's included; n == 0 (the default) means one
+ * per core the Go runtime sees (GOMAXPROCS). The environment variable
+ * GNLP_NUM_THREADS sets it when the library loads. Takes effect from the
+ * next step; negative n: GNLP_ERR_INVALID_ARGUMENT. */
+gnlp_status gnlp_set_num_threads(int32_t n);
+
+/* ABI minor 1: the number of threads a CPU loop may use now (n, or the
+ * number of cores when n is 0; never more than GOMAXPROCS). */
+int32_t gnlp_num_threads(void);
 
 /* ------------------------------------------------------------------ devices */
 

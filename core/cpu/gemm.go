@@ -47,9 +47,6 @@ type gemmJob struct {
 
 var gemmJobs sync.Pool
 
-// gemmDirectA enables reading A in place (see gemmJob.directA).
-var gemmDirectA = true
-
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
 
 // gemm computes c = alpha op(a) op(b) for row-major operands with leading
@@ -88,7 +85,7 @@ func gemmInto(accumulate, transA, transB bool, m, n, k int, alpha float32, a []f
 		a: a, b: b, c: c, lda: lda, ldb: ldb, ldc: ldc, accumulate: accumulate}
 	// Split along the longer side of c; the other operand is packed once.
 	j.splitN = n > m
-	j.directA = gemmDirectA && !j.splitN && !transA
+	j.directA = !j.splitN && !transA
 	j.alphaA, j.alphaB = alpha, 1
 	if j.directA {
 		j.alphaA, j.alphaB = 1, alpha

@@ -20,7 +20,6 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/gradnormlorp/gradnormlorp/core"
-	"github.com/gradnormlorp/gradnormlorp/cuda"
 )
 
 // Info describes one GPU.
@@ -37,15 +36,15 @@ type Info struct {
 func Query(index int) (Info, error) {
 	if ret := nvml.Init(); ret != nvml.SUCCESS {
 		if ret == nvml.ERROR_LIBRARY_NOT_FOUND || ret == nvml.ERROR_DRIVER_NOT_LOADED {
-			return Info{}, core.Errorf(cuda.CodeNoDriver, "no NVIDIA driver: NVML (libnvidia-ml.so.1) is not available (%s)", nvmlError(ret))
+			return Info{}, core.Errorf(core.CodeNoDriver, "no NVIDIA driver: NVML (libnvidia-ml.so.1) is not available (%s)", nvmlError(ret))
 		}
-		return Info{}, core.Errorf(cuda.CodeNoDriver, "no NVIDIA driver: NVML initialisation failed (%s)", nvmlError(ret))
+		return Info{}, core.Errorf(core.CodeNoDriver, "no NVIDIA driver: NVML initialisation failed (%s)", nvmlError(ret))
 	}
 	defer nvml.Shutdown()
 	var info Info
 	count, ret := nvml.DeviceGetCount()
 	if ret != nvml.SUCCESS {
-		return Info{}, core.Errorf(cuda.CodeNoDriver, "NVML cannot count GPUs (%s)", nvmlError(ret))
+		return Info{}, core.Errorf(core.CodeNoDriver, "NVML cannot count GPUs (%s)", nvmlError(ret))
 	}
 	info.DeviceCount = count
 	if index < 0 || index >= count {

@@ -1,8 +1,9 @@
 """ctypes binding of libgradnormlorp (include/gradnormlorp.h).
 
-Everything here mirrors the C header one to one: the struct layouts, the enum
-values and the function signatures. Keep it in sync with the header; the ABI
-version check below catches a library built from a different header.
+The constants, defaults and struct layouts come from _abi.py, generated from
+the header (``make abi``; ``make abi-check`` fails when it is stale); the
+function signatures are declared here. The ABI version check below catches a
+library built from a different header.
 
 The library is loaded lazily, on the first call of :func:`lib` (constructing a
 :class:`gradnormlorp.GradNormLoRP` does that), so ``import gradnormlorp``
@@ -14,64 +15,38 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import warnings
 
 import torch
 
-# The GNLP_ABI_VERSION this binding was written against.
-ABI_VERSION = 1
-
-GNLP_NAME_MAX = 32
-GNLP_MAX_STATE = 16
-
-# gnlp_status
-GNLP_OK = 0
-GNLP_ERR_INVALID_ARGUMENT = 1
-GNLP_ERR_NULL_POINTER = 2
-GNLP_ERR_MISALIGNED = 3
-GNLP_ERR_SHAPE = 4
-GNLP_ERR_DTYPE = 5
-GNLP_ERR_NOT_CONTIGUOUS = 6
-GNLP_ERR_NONFINITE = 7
-GNLP_ERR_UNKNOWN_OPTION = 8
-GNLP_ERR_DEVICE = 9
-GNLP_ERR_BACKEND_UNAVAILABLE = 10
-GNLP_ERR_BUFFER_TOO_SMALL = 11
-GNLP_ERR_NUMERICAL = 12
-GNLP_ERR_INTERNAL = 13
-GNLP_ERR_NO_DRIVER = 14
-GNLP_ERR_CUDA = 15
-
-STATUS_NAMES = {
-    GNLP_OK: "GNLP_OK",
-    GNLP_ERR_INVALID_ARGUMENT: "GNLP_ERR_INVALID_ARGUMENT",
-    GNLP_ERR_NULL_POINTER: "GNLP_ERR_NULL_POINTER",
-    GNLP_ERR_MISALIGNED: "GNLP_ERR_MISALIGNED",
-    GNLP_ERR_SHAPE: "GNLP_ERR_SHAPE",
-    GNLP_ERR_DTYPE: "GNLP_ERR_DTYPE",
-    GNLP_ERR_NOT_CONTIGUOUS: "GNLP_ERR_NOT_CONTIGUOUS",
-    GNLP_ERR_NONFINITE: "GNLP_ERR_NONFINITE",
-    GNLP_ERR_UNKNOWN_OPTION: "GNLP_ERR_UNKNOWN_OPTION",
-    GNLP_ERR_DEVICE: "GNLP_ERR_DEVICE",
-    GNLP_ERR_BACKEND_UNAVAILABLE: "GNLP_ERR_BACKEND_UNAVAILABLE",
-    GNLP_ERR_BUFFER_TOO_SMALL: "GNLP_ERR_BUFFER_TOO_SMALL",
-    GNLP_ERR_NUMERICAL: "GNLP_ERR_NUMERICAL",
-    GNLP_ERR_INTERNAL: "GNLP_ERR_INTERNAL",
-    GNLP_ERR_NO_DRIVER: "GNLP_ERR_NO_DRIVER",
-    GNLP_ERR_CUDA: "GNLP_ERR_CUDA",
-}
-
-# gnlp_dtype
-GNLP_FLOAT32 = 0
-GNLP_BFLOAT16 = 1
-GNLP_FLOAT16 = 2
-GNLP_UINT8 = 3
-
-# gnlp_device_type
-GNLP_DEVICE_CPU = 0
-GNLP_DEVICE_CUDA = 1
-
-# gnlp_proj_type
-PROJ_TYPES = {"std": 0, "reverse_std": 1, "right": 2, "left": 3, "full": 4}
+# Constants, defaults and struct layouts of include/gradnormlorp.h, generated
+# from it (internal/abigen; `make abi-check` keeps them current).
+from ._abi import *  # noqa: F403
+from ._abi import (
+    ABI_VERSION,
+    CONFIG_DEFAULTS,
+    GNLP_DEVICE_CPU,
+    GNLP_DEVICE_CUDA,
+    GNLP_ERR_BACKEND_UNAVAILABLE,
+    GNLP_ERR_DEVICE,
+    GNLP_ERR_DTYPE,
+    GNLP_ERR_INVALID_ARGUMENT,
+    GNLP_ERR_SHAPE,
+    GNLP_ERR_UNKNOWN_OPTION,
+    GNLP_FLOAT16,
+    GNLP_FLOAT32,
+    GNLP_BFLOAT16,
+    GNLP_MAX_STATE,
+    GNLP_OK,
+    GNLP_UINT8,
+    SIZEOF,
+    STATUS_NAMES,
+    gnlp_buffer_spec,
+    gnlp_config,
+    gnlp_gpu_info,
+    gnlp_step_item,
+    gnlp_tensor,
+)
 
 TORCH_TO_GNLP_DTYPE = {
     torch.float32: GNLP_FLOAT32,
@@ -83,7 +58,9 @@ GNLP_TO_TORCH_DTYPE = {v: k for k, v in TORCH_TO_GNLP_DTYPE.items()}
 # Parameters and gradients may have these dtypes; uint8 is for state only.
 PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-LIBRARY_ENV = "GRADNORMLORP_LIBRARY"
+LIBRARY_ENV = "GNLP_LIBRARY"
+# The variable's former name, still read (with a DeprecationWarning).
+LIBRARY_ENV_DEPRECATED = "GRADNORMLORP_LIBRARY"
 LIBRARY_NAME = "libgradnormlorp.so"
 
 
@@ -104,78 +81,20 @@ class GradNormLoRPError(RuntimeError):
         return STATUS_NAMES.get(self.status, f"gnlp_status({self.status})")
 
 
-class gnlp_tensor(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("dtype", ctypes.c_int32),
-        ("ndim", ctypes.c_int32),
-        ("shape", ctypes.c_int64 * 2),
-        ("strides", ctypes.c_int64 * 2),
-        ("device_type", ctypes.c_int32),
-        ("device_index", ctypes.c_int32),
-    ]
+class GradNormLoRPValueError(GradNormLoRPError, ValueError):
+    """A bad hyperparameter (GNLP_ERR_INVALID_ARGUMENT or
+    GNLP_ERR_UNKNOWN_OPTION from the library's config validation): both a
+    GradNormLoRPError and, as torch.optim's optimizers raise, a ValueError."""
 
 
-class gnlp_config(ctypes.Structure):
-    _fields_ = [
-        ("lr", ctypes.c_double),
-        ("beta1", ctypes.c_double),
-        ("beta2", ctypes.c_double),
-        ("eps", ctypes.c_double),
-        ("weight_decay", ctypes.c_double),
-        ("scale", ctypes.c_double),
-        ("rank", ctypes.c_int32),
-        ("update_proj_gap", ctypes.c_int32),
-        ("proj_type", ctypes.c_int32),
-        ("correct_bias", ctypes.c_int32),
-        ("optim_bits", ctypes.c_int32),
-        ("refresh", ctypes.c_int32),
-    ]
+class GradNormLoRPForkError(GradNormLoRPError):
+    """The library was used in a process forked after its parent loaded it."""
 
 
-class gnlp_buffer_spec(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_char * GNLP_NAME_MAX),
-        ("dtype", ctypes.c_int32),
-        ("ndim", ctypes.c_int32),
-        ("shape", ctypes.c_int64 * 2),
-        ("bytes", ctypes.c_int64),
-    ]
-
-
-class gnlp_step_item(ctypes.Structure):
-    _fields_ = [
-        ("param", gnlp_tensor),
-        ("grad", gnlp_tensor),
-        ("state", ctypes.POINTER(gnlp_tensor)),
-        ("n_state", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
-        ("config", gnlp_config),
-        ("step", ctypes.c_int64),
-    ]
-
-
-class gnlp_gpu_info(ctypes.Structure):
-    _fields_ = [
-        ("name", ctypes.c_char * 96),
-        ("uuid", ctypes.c_char * 96),
-        ("driver_version", ctypes.c_char * 32),
-        ("cuda_driver_version", ctypes.c_int32),
-        ("device_count", ctypes.c_int32),
-        ("compute_major", ctypes.c_int32),
-        ("compute_minor", ctypes.c_int32),
-        ("memory_total", ctypes.c_int64),
-        ("memory_used", ctypes.c_int64),
-        ("memory_free", ctypes.c_int64),
-    ]
-
-
-# Sizes on LP64 (Linux x86-64 / aarch64), as a C compiler lays the header out.
-assert ctypes.sizeof(gnlp_tensor) == 56
-assert ctypes.sizeof(gnlp_config) == 72
-assert ctypes.sizeof(gnlp_buffer_spec) == 64
-assert ctypes.sizeof(gnlp_step_item) == 208
-assert ctypes.sizeof(gnlp_gpu_info) == 264
+# The layouts _abi.py declares are the ones the C compiler gives the header
+# (the C ABI test checks the same SIZEOF numbers with sizeof).
+for _struct in (gnlp_tensor, gnlp_config, gnlp_buffer_spec, gnlp_step_item, gnlp_gpu_info):
+    assert ctypes.sizeof(_struct) == SIZEOF[_struct.__name__], _struct.__name__
 
 _T_P = ctypes.POINTER(gnlp_tensor)
 _C_P = ctypes.POINTER(gnlp_config)
@@ -193,34 +112,74 @@ _SIGNATURES = {
     "gnlp_step": (ctypes.c_int, [_T_P, _T_P, _T_P, ctypes.c_int32, _C_P, ctypes.c_int64, ctypes.c_void_p]),
     "gnlp_step_batch": (ctypes.c_int, [ctypes.POINTER(gnlp_step_item), ctypes.c_int32, ctypes.c_void_p]),
     "gnlp_device_info": (ctypes.c_int, [ctypes.c_int32, ctypes.POINTER(gnlp_gpu_info)]),
+    "gnlp_abi_minor": (ctypes.c_int32, []),
+    "gnlp_config_validate": (ctypes.c_int, [_C_P]),
+    "gnlp_set_num_threads": (ctypes.c_int, [ctypes.c_int32]),
+    "gnlp_num_threads": (ctypes.c_int32, []),
 }
 
 _lock = threading.Lock()
 _lib = None
+# pid of the process that loaded the library, once a fork has copied it.
+_forked_from: int | None = None
 
 
 def library_path() -> str:
     """The path of the shared library this package loads (or would load):
-    ``$GRADNORMLORP_LIBRARY`` if set, else ``libgradnormlorp.so`` next to the
-    package's ``__init__.py``."""
-    env = os.environ.get(LIBRARY_ENV)
+    ``$GNLP_LIBRARY`` if set (``$GRADNORMLORP_LIBRARY``, its deprecated
+    name, otherwise), else ``libgradnormlorp.so`` next to the package's
+    ``__init__.py``."""
+    env = _library_env()
     if env:
         return os.path.abspath(env)
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+
+
+def _library_env() -> str | None:
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        return env
+    old = os.environ.get(LIBRARY_ENV_DEPRECATED)
+    if old:
+        warnings.warn(
+            f"${LIBRARY_ENV_DEPRECATED} is deprecated: set ${LIBRARY_ENV} instead", DeprecationWarning, stacklevel=3
+        )
+    return old
 
 
 def lib() -> ctypes.CDLL:
     """The loaded library, loading and checking it on first use.
 
     Raises ImportError if it is missing, cannot be loaded, or was built for a
-    different ABI version."""
+    different ABI version, and GradNormLoRPForkError in a process forked
+    after the library was loaded (the Go runtime inside does not survive
+    fork: a call would hang)."""
     global _lib
+    if _forked_from is not None:
+        raise GradNormLoRPForkError(
+            f"gradnormlorp: this process (pid {os.getpid()}) was forked from pid {_forked_from} after that process "
+            "loaded libgradnormlorp; the Go runtime inside the library does not survive fork(), so a call here "
+            "would hang forever. Start worker processes that use GradNormLoRP with the 'spawn' or 'forkserver' "
+            "start method (multiprocessing.set_start_method('spawn') or multiprocessing.get_context('spawn'); "
+            "torch.multiprocessing likewise), or fork before the parent imports gradnormlorp. The parent process "
+            "is unaffected, and so are children that never call the library (DataLoader workers).",
+            GNLP_ERR_BACKEND_UNAVAILABLE,
+        )
     if _lib is not None:
         return _lib
     with _lock:
         if _lib is None:
             _lib = _load(library_path())
     return _lib
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from
+    if _lib is not None and _forked_from is None:
+        _forked_from = os.getppid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _load(path: str) -> ctypes.CDLL:
@@ -230,7 +189,8 @@ def _load(path: str) -> ctypes.CDLL:
         f"{LIBRARY_NAME}."
     )
     if not os.path.isfile(path):
-        where = f"${LIBRARY_ENV}={os.environ[LIBRARY_ENV]!r}" if os.environ.get(LIBRARY_ENV) else "next to the package"
+        env = _library_env()
+        where = f"$GNLP_LIBRARY={env!r}" if env else "next to the package"
         raise ImportError(f"gradnormlorp: shared library not found at {path} ({where}). {how}")
     try:
         handle = ctypes.CDLL(path)
@@ -269,12 +229,15 @@ def last_error() -> str:
 def check(status: int, context: str | None = None) -> None:
     """Raise GradNormLoRPError for a non-OK status, with the library's
     message unchanged (a context, if given, is put in front of it)."""
-    if status == GNLP_OK:
-        return
+    if status != GNLP_OK:
+        raise _error(status, context)
+
+
+def _error(status: int, context: str | None = None) -> GradNormLoRPError:
     msg = last_error() or f"{STATUS_NAMES.get(status, status)} (the library gave no message)"
     if context:
         msg = f"{context}: {msg}"
-    raise GradNormLoRPError(msg, status)
+    return GradNormLoRPError(msg, status)
 
 
 def gnlp_dtype_of(dtype: torch.dtype) -> int:
@@ -328,24 +291,50 @@ def _contiguous_strides(shape):
     return reversed(strides)
 
 
-def make_config(
-    *, lr, beta1, beta2, eps, weight_decay, scale, rank, update_proj_gap, proj_type, correct_bias, optim_bits,
-    refresh=0,
-) -> gnlp_config:
+def make_config(**values) -> gnlp_config:
+    """A gnlp_config: the header's defaults (CONFIG_DEFAULTS) with the given
+    fields (lr=..., beta1=..., correct_bias=True, ...) set. Unknown names
+    raise TypeError; values are not validated here (see check_config)."""
+    unknown = set(values) - set(CONFIG_DEFAULTS)
+    if unknown:
+        raise TypeError(f"make_config: unknown gnlp_config field(s): {', '.join(sorted(unknown))}")
     c = gnlp_config()
-    c.lr = float(lr)
-    c.beta1 = float(beta1)
-    c.beta2 = float(beta2)
-    c.eps = float(eps)
-    c.weight_decay = float(weight_decay)
-    c.scale = float(scale)
-    c.rank = int(rank)
-    c.update_proj_gap = int(update_proj_gap)
-    c.proj_type = int(proj_type)
-    c.correct_bias = 1 if correct_bias else 0
-    c.optim_bits = int(optim_bits)
-    c.refresh = int(refresh)
+    for name, ctype in gnlp_config._fields_:
+        value = values.get(name, CONFIG_DEFAULTS[name])
+        setattr(c, name, float(value) if ctype is ctypes.c_double else int(value))
     return c
+
+
+def check_config(cfg: gnlp_config) -> None:
+    """Validate cfg as the library does before any call that takes it
+    (gnlp_config_validate). Raises GradNormLoRPValueError with the library's
+    message, which names the bad field and its value."""
+    status = lib().gnlp_config_validate(ctypes.byref(cfg))
+    if status == GNLP_OK:
+        return
+    err = _error(status)
+    if status in (GNLP_ERR_INVALID_ARGUMENT, GNLP_ERR_UNKNOWN_OPTION):
+        raise GradNormLoRPValueError(str(err), status)
+    raise err
+
+
+def set_num_threads(n: int) -> None:
+    """Limit the library's CPU worker pool to n threads per parallel loop
+    (the calling thread included); 0 means one per core (the default, or
+    $GNLP_NUM_THREADS when the library loaded). Takes effect from the next
+    step. Raises GradNormLoRPValueError for n < 0."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise GradNormLoRPValueError(f"set_num_threads: n must be an int >= 0, got {n!r}", GNLP_ERR_INVALID_ARGUMENT)
+    if n > 2**31 - 1:
+        raise GradNormLoRPValueError(f"set_num_threads: n = {n} is too large", GNLP_ERR_INVALID_ARGUMENT)
+    status = lib().gnlp_set_num_threads(n)
+    if status != GNLP_OK:
+        raise GradNormLoRPValueError(str(_error(status)), status)
+
+
+def num_threads() -> int:
+    """How many threads a CPU step's parallel loops may use now."""
+    return int(lib().gnlp_num_threads())
 
 
 def state_layout(param: gnlp_tensor, config: gnlp_config) -> list[tuple[str, torch.dtype, tuple[int, ...], int]]:
