@@ -78,8 +78,9 @@ def target_param_groups(
     first group, with ``rank``, ``update_proj_gap``, ``scale`` and
     ``proj_type``; every other parameter (biases, norms, embeddings,
     unmatched layers, and modules that matched but are not ``nn.Linear``)
-    goes to a second group with ``rank=None``, i.e. plain AdamW (also when
-    the optimizer is given a default ``rank``). ``target_modules`` follows
+    goes to a second group without ``rank``, i.e. plain AdamW (as GaLore
+    reads it; do not give the optimizer a default ``rank``, or that group
+    inherits it: the optimizer warns). ``target_modules`` follows
     transformers' ``optim_target_modules``: a regex string matched against
     the whole name, ``"all-linear"`` for every ``nn.Linear``, or a list of
     strings each matching exactly, as a substring or as a full regex (see
@@ -134,7 +135,7 @@ def target_param_groups(
             }
         )
     if plain:
-        groups.append({"params": plain, **group_kwargs, "rank": None})
+        groups.append({"params": plain, **group_kwargs})
     return groups
 
 

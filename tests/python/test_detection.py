@@ -294,7 +294,7 @@ def test_rank_from_the_optimizer_arguments_warns_about_embeddings():
     assert "largest: 2 of 128x32" in str(rec[0].message)  # the embedding and the LM head
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        GradNormLoRP(groups_of(model), rank=8)  # explicit groups: the plain one stays AdamW
+        GradNormLoRP(groups_of(model))  # the plain group has no rank to inherit
         GradNormLoRP([model.model.layers[0].self_attn.q_proj.weight], rank=8)  # one matrix: no model
         GradNormLoRP(model.model.norm.parameters(), rank=8)  # no matrix, rank not asked for
 

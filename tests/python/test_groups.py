@@ -40,7 +40,7 @@ def test_list_of_names_substring_and_exact():
     assert names_in(groups, m, 0) == [f"layers.{i}.{k}.weight" for i in range(2) for k in ("q_proj", "v_proj")]
     g0, g1 = groups
     assert g0["rank"] == 4 and g0["update_proj_gap"] == 200 and g0["scale"] == 0.25 and g0["proj_type"] == "std"
-    assert g1["rank"] is None  # AdamW even under GradNormLoRP(groups, rank=...)
+    assert "rank" not in g1  # as galore_torch reads groups: no "rank" key is AdamW
     # Everything else, biases included, is in the plain group; nothing twice.
     assert len(g0["params"]) + len(g1["params"]) == len(list(m.parameters()))
     assert "layers.0.q_proj.bias" in names_in(groups, m, 1)
@@ -156,10 +156,10 @@ def test_a_models_own_module_named_module_keeps_its_name():
     assert len(target_param_groups(h, r"module\.layers\.0\.q_proj", rank=2)[0]["params"]) == 1
 
 
-def test_plain_group_stays_adamw_under_a_default_rank():
+def test_a_default_rank_reaching_the_plain_group_warns():
     m = Model()
-    opt = GradNormLoRP(target_param_groups(m, ["q_proj"], rank=4), rank=8)
-    assert [g["rank"] for g in opt.param_groups] == [4, None]
+    with pytest.warns(UserWarning, match="param group 1 has no 'rank' of its own and takes rank=8"):
+        GradNormLoRP(target_param_groups(m, ["q_proj"], rank=4), rank=8)
 
 
 def test_weight_that_is_not_a_whole_matrix_is_refused():
