@@ -11,13 +11,13 @@ or, without reading TrainingArguments:
     optimizer_cls_and_kwargs=trainer_optimizer(target_modules=["self_attn", "mlp"], rank=128, lr=1e-3)
 
 ``optimizer_cls_and_kwargs`` is transformers' route for an optimizer it does
-not know, and the one it keeps under FSDP and DeepSpeed (which refuse a
-ready-made ``optimizers=(opt, sched)``). Trainer's own param groups carry no
-module names, so the first element is an optimizer *factory*: Trainer
-instantiates it and calls it with the model it trains, and the factory splits
-that model with :func:`gradnormlorp.target_param_groups`. Trainer then
-builds its LR scheduler on the optimizer and checkpoints and resumes it as
-its own.
+not know, and the one left under FSDP, where Trainer refuses a ready-made
+``optimizers=(opt, sched)`` (sharded parameters themselves are not supported
+by GradNormLoRP yet). Trainer's own param groups carry no module names, so
+the first element is an optimizer *factory*: Trainer instantiates it and
+calls it with the model it trains, and the factory splits that model with
+:func:`gradnormlorp.target_param_groups`. Trainer then builds its LR
+scheduler on the optimizer and checkpoints and resumes it as its own.
 
 ``optim_args`` uses GaLore's keys and defaults in transformers (rank 128,
 update_proj_gap 200, scale 0.25, proj_type "std"); LayerwiseGradNormLoRP is
@@ -73,9 +73,9 @@ class TrainerOptimizerFactory:
 
 
 def trainer_optimizer(
-    target_modules: str | Sequence[str] | None = None,
-    *,
     args=None,
+    *,
+    target_modules: str | Sequence[str] | None = None,
     optim_args: str | None = None,
     rank: int | None = None,
     update_proj_gap: int | None = None,
@@ -86,16 +86,16 @@ def trainer_optimizer(
     """The ``(factory, kwargs)`` pair for ``Trainer(optimizer_cls_and_kwargs=...)``.
 
     Args:
-        target_modules: the modules whose weights are projected, as
-            transformers' ``optim_target_modules`` (see
-            :func:`gradnormlorp.target_param_groups`); default
-            ``args.optim_target_modules``.
         args: optional ``TrainingArguments``; gives ``optim_target_modules``,
             ``optim_args``, and ``learning_rate``, ``weight_decay``,
             ``adam_beta1/2`` and ``adam_epsilon`` as ``lr``, ``weight_decay``,
             ``betas`` and ``eps``. (Trainer hands these only to its built-in
             optimizers; without ``args`` they are GradNormLoRP's defaults
             unless given here.)
+        target_modules: the modules whose weights are projected, as
+            transformers' ``optim_target_modules`` (see
+            :func:`gradnormlorp.target_param_groups`); default
+            ``args.optim_target_modules``.
         optim_args: GaLore-style ``"rank=..,update_proj_gap=..,scale=..,proj_type=.."``;
             default ``args.optim_args``.
         rank, update_proj_gap, scale, proj_type: override ``optim_args``.
@@ -106,6 +106,11 @@ def trainer_optimizer(
     raises ValueError now, not at the first step.
     """
     _require_factory_support()
+    if args is not None and not hasattr(args, "optim_target_modules"):
+        raise TypeError(
+            f"trainer_optimizer's first argument is the TrainingArguments (or None), got {args!r}; "
+            "pass the modules as target_modules=..."
+        )
     if args is not None:
         target_modules = args.optim_target_modules if target_modules is None else target_modules
         optim_args = args.optim_args if optim_args is None else optim_args

@@ -11,7 +11,16 @@ from transformers import Trainer, TrainingArguments
 from gradnormlorp import GradNormLoRP
 from gradnormlorp.hf import parse_optim_args, trainer_optimizer
 from test_integration_trainer import StopAt
-from tiny_llama import PROJECTED, TARGETS, assert_same_params, assert_same_state, param_groups, snapshot, tiny_llama, token_samples
+from tiny_llama import (
+    PROJECTED,
+    TARGETS,
+    assert_same_params,
+    assert_same_state,
+    param_groups,
+    snapshot,
+    tiny_llama,
+    token_samples,
+)
 
 MAX_STEPS = 6
 STOP = 3  # between the projector refreshes at steps 1 and 4
@@ -47,7 +56,7 @@ def train(output_dir, model_seed=0, stop_at=None, resume=None, by_hand=False) ->
     if by_hand:
         route = {"optimizers": (GradNormLoRP(param_groups(model), lr=LR, weight_decay=WEIGHT_DECAY), None)}
     else:
-        route = {"optimizer_cls_and_kwargs": trainer_optimizer(args=args)}
+        route = {"optimizer_cls_and_kwargs": trainer_optimizer(args)}
     trainer = Trainer(
         model=model,
         args=args,
@@ -76,7 +85,8 @@ def test_only_attention_and_mlp_weights_are_projected(tmp_path):
     opt = trainer.optimizer.optimizer  # inside accelerate's AcceleratedOptimizer
     assert isinstance(opt, GradNormLoRP)
     projected = {name for name, p in trainer.model.named_parameters() if "magnitude" in opt.state[p]}
-    assert projected == {n for n, _ in trainer.model.named_parameters() if n.endswith(tuple(f"{k}.weight" for k in PROJECTED))}
+    suffixes = tuple(f"{k}.weight" for k in PROJECTED)
+    assert projected == {n for n, _ in trainer.model.named_parameters() if n.endswith(suffixes)}
     assert not projected & {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"}
     projected_group = next(g for g in opt.param_groups if g.get("rank") is not None)
     assert (projected_group["rank"], projected_group["update_proj_gap"], projected_group["scale"]) == (8, 3, 0.25)
@@ -96,7 +106,9 @@ def test_resume_from_checkpoint_continues_the_exact_trajectory(tmp_path):
 
 def test_explicit_arguments_override_training_arguments(tmp_path):
     args = training_args(tmp_path)
-    _, kwargs = trainer_optimizer(["mlp"], args=args, optim_args="rank=4,proj_type=left", scale=0.5, optim_bits=8, lr=3e-3)
+    _, kwargs = trainer_optimizer(
+        args, target_modules=["mlp"], optim_args="rank=4,proj_type=left", scale=0.5, optim_bits=8, lr=3e-3
+    )
     assert kwargs["target_modules"] == ["mlp"]
     assert kwargs["projection"] == {"rank": 4, "update_proj_gap": 200, "scale": 0.5, "proj_type": "left"}
     assert (kwargs["lr"], kwargs["weight_decay"], kwargs["optim_bits"]) == (3e-3, WEIGHT_DECAY, 8)
@@ -126,23 +138,25 @@ def test_parse_optim_args_uses_galore_keys_and_types():
 )
 def test_bad_optim_args_are_refused_before_training(optim_args, message):
     with pytest.raises(ValueError, match=message):
-        trainer_optimizer(TARGETS, optim_args=optim_args)
+        trainer_optimizer(target_modules=TARGETS, optim_args=optim_args)
 
 
 def test_bad_values_are_refused_before_training():
     with pytest.raises(ValueError, match="rank"):
-        trainer_optimizer(TARGETS, rank=-1)
+        trainer_optimizer(target_modules=TARGETS, rank=-1)
     with pytest.raises(ValueError, match="proj_type"):
-        trainer_optimizer(TARGETS, proj_type="diagonal")
+        trainer_optimizer(target_modules=TARGETS, proj_type="diagonal")
     with pytest.raises(TypeError, match="momentum"):
-        trainer_optimizer(TARGETS, momentum=0.9)
+        trainer_optimizer(target_modules=TARGETS, momentum=0.9)
     with pytest.raises(ValueError, match="needs target_modules"):
         trainer_optimizer()
+    with pytest.raises(TypeError, match="pass the modules as target_modules"):
+        trainer_optimizer(TARGETS)
 
 
 def test_the_factory_splits_the_model_it_is_given():
     """What Trainer.create_optimizer does with the pair: instantiate, call with its model."""
-    factory, kwargs = trainer_optimizer(TARGETS, rank=8)
+    factory, kwargs = trainer_optimizer(target_modules=TARGETS, rank=8)
     model = tiny_llama()
     opt = factory()(model, **kwargs)
     assert isinstance(opt, GradNormLoRP)
