@@ -66,7 +66,7 @@ func (o *Optimizer) Load(path string) error {
 	}
 	defer f.Close()
 	if err := o.Decode(bufio.NewReader(f)); err != nil {
-		return core.Errorf(core.CodeOf(err), "%s: %v", path, err)
+		return core.Errorf(core.CodeOf(err), "%s: %w", path, err)
 	}
 	return nil
 }

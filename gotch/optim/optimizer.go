@@ -2,6 +2,7 @@ package optim
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -81,7 +82,7 @@ func New(groups ...Group) (*Optimizer, error) {
 			return nil, core.Errorf(core.CodeInvalidArgument, "group %d has %d names for %d parameters", g, len(grp.Names), len(grp.Params))
 		}
 		if err := grp.Config.Validate(); err != nil {
-			return nil, core.Errorf(core.CodeOf(err), "group %d: %v", g, err)
+			return nil, core.Errorf(core.CodeOf(err), "group %d: %w", g, err)
 		}
 		o.configs = append(o.configs, grp.Config)
 		for i, t := range grp.Params {
@@ -117,7 +118,7 @@ func newParam(t *ts.Tensor, name string, group int, cfg Config, dims *[2]int64) 
 	shape := v.shape()
 	specs, err := core.Layout(v.dtype, shape, cfg)
 	if err != nil {
-		return param{}, core.Errorf(core.CodeOf(err), "%s: %v", what, err)
+		return param{}, core.Errorf(core.CodeOf(err), "%s: %w", what, err)
 	}
 	p := param{t: t, name: name, what: what, group: group, dtype: v.dtype, shape: shape, specs: specs}
 	p.state = make([]core.Tensor, len(specs))
@@ -193,13 +194,13 @@ func (o *Optimizer) Step() error {
 		if p := &o.params[i]; p.step == 0 {
 			if err := core.Init(backend, o.items[k].Param, p.state, o.configs[p.group]); err != nil {
 				o.clearFresh()
-				return core.Errorf(core.CodeOf(err), "%s: %v", p.what, err)
+				return core.Errorf(core.CodeOf(err), "%s: %w", p.what, err)
 			}
 		}
 	}
-	if k, err := stepBatch(o.items); err != nil {
+	if err := backend.StepBatch(o.items); err != nil {
 		o.clearFresh()
-		return core.Errorf(core.CodeOf(err), "%s: %v", o.params[o.owner[k]].what, err)
+		return o.locate(err)
 	}
 	for _, i := range o.owner {
 		o.params[i].step++
@@ -222,10 +223,20 @@ func (o *Optimizer) clearFresh() {
 	}
 }
 
-// stepBatch steps items on the CPU; on error it returns the index of the
-// failing item. After a validation error nothing has changed.
-func stepBatch(items []core.Item) (int, error) {
-	return backend.StepBatch(items)
+// locate names the parameter of a batch error where core says which item
+// failed.
+func (o *Optimizer) locate(err error) error {
+	k := -1
+	var ie *core.ItemError
+	if errors.As(err, &ie) {
+		k, err = ie.Index, ie.Err
+	} else if len(o.items) == 1 {
+		k = 0
+	}
+	if k < 0 {
+		return err
+	}
+	return core.Errorf(core.CodeOf(err), "%s: %w", o.params[o.owner[k]].what, err)
 }
 
 // tensors reads p's parameter and gradient; ok is false when the
@@ -249,7 +260,7 @@ func (o *Optimizer) tensors(p *param) (w, g core.Tensor, ok bool, err error) {
 	lib.AtgGrad(o.out, c)
 	gc := *o.out
 	if err := libtorchError(); err != nil {
-		return w, g, false, core.Errorf(core.CodeInvalidArgument, "%s: %v", what, err)
+		return w, g, false, core.Errorf(core.CodeInvalidArgument, "%s: %w", what, err)
 	}
 	o.grads = append(o.grads, gc)
 	if !lib.AtDefined(gc) {
@@ -292,7 +303,7 @@ func (o *Optimizer) ZeroGrad() error {
 		lib.AtgZero_(o.out, gc)
 		o.grads = append(o.grads, *o.out)
 		if err := libtorchError(); err != nil {
-			return core.Errorf(core.CodeInvalidArgument, "zeroing the gradient of %s: %v", p.what, err)
+			return core.Errorf(core.CodeInvalidArgument, "zeroing the gradient of %s: %w", p.what, err)
 		}
 	}
 	for i := range o.params {
@@ -320,7 +331,7 @@ func (o *Optimizer) SetLRs(lrs []float64) error {
 		c := o.configs[g]
 		c.LR = lr
 		if err := c.Validate(); err != nil {
-			return core.Errorf(core.CodeOf(err), "group %d: %v", g, err)
+			return core.Errorf(core.CodeOf(err), "group %d: %w", g, err)
 		}
 	}
 	for g, lr := range lrs {

@@ -61,7 +61,7 @@ func inspect(c lib.Ctensor, param string, ofGrad bool, dims *[2]int64) (view, er
 	}
 	v.data = lib.AtDataPtr(c)
 	if err := libtorchError(); err != nil {
-		return view{}, core.Errorf(core.CodeInvalidArgument, "%s: %v", what(), err)
+		return view{}, core.Errorf(core.CodeInvalidArgument, "%s: %w", what(), err)
 	}
 	if v.data == nil {
 		return view{}, core.Errorf(core.CodeNullPointer, "%s has no data", what())
