@@ -58,15 +58,18 @@ def collect_info() -> dict:
     from . import _lib
 
     lib_path = gradnormlorp.library_path()
-    info = {
+    return {
         "version": gradnormlorp.__version__,
         "package": os.path.dirname(os.path.abspath(gradnormlorp.__file__)),
         "library": {"path": lib_path, "version": gradnormlorp.library_version(), "abi": _lib.lib().gnlp_abi_version()},
         "backends": {"cpu": True, "cuda": cuda_backend(lib_path)},
-        "torch": {"version": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()},
+        "torch": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(),
+        },
         "gpus": gpus(),
     }
-    return info
 
 
 def format_info(info: dict) -> str:
@@ -134,7 +137,10 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
-    return f"usage: gradnormlorp COMMAND [ARGS]   (or python -m gradnormlorp)\n\ncommands:\n{rows}\n\nCOMMAND --help shows its options."
+    return (
+        "usage: gradnormlorp COMMAND [ARGS]   (or python -m gradnormlorp)\n\n"
+        f"commands:\n{rows}\n\nCOMMAND --help shows its options."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -138,3 +138,37 @@ def test_a_failed_go_build_reports_gos_error_first(sdist, tmp_path):
     go_says = err.find("# github.com/gradnormlorp/")  # Go's report of the failing package
     assert 0 <= go_says < ours, err[-3000:]
     assert "hint:" not in err and "C compiler" not in err and "proxy" not in err, err[-3000:]
+
+
+def cli(*args):
+    """`python -m gradnormlorp ARGS` on the in-tree package."""
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "gradnormlorp", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_info_reports_versions_backends_and_gpus():
+    res = cli("info", "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["version"] == info["library"]["version"] == gradnormlorp.__version__
+    assert info["library"]["path"] == gradnormlorp.library_path()
+    assert info["library"]["abi"] == gradnormlorp.ABI_VERSION
+    cuda = info["backends"]["cuda"]
+    assert cuda["built"] == os.path.isfile(cuda["path"])
+    gpus = info["gpus"]
+    if gpus["driver"] is False:  # this machine has no NVIDIA driver: said so, not raised
+        assert "no NVIDIA driver" in gpus["error"] and gpus["devices"] == []
+        assert "GPU          no driver (" in cli("info").stdout
+    else:
+        assert gpus["driver"] and gpus["devices"][0]["memory_total"] > 0, gpus
+
+
+def test_memory_and_unknown_commands():
+    res = cli("memory", "--model", "llama-60m", "--rank", "128", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["rank"] == 128
+    res = cli("tarin")
+    assert res.returncode == 2 and "unknown command 'tarin'" in res.stderr and "demo" in res.stderr
+    assert cli().returncode == 2
+    assert cli("--version").stdout.strip() == gradnormlorp.__version__
