@@ -226,6 +226,8 @@ gotch-test: libtorch gotch-fork
 	$(GOTCH_ENV) $(GO) vet ./...
 	@echo ">> gotch/: go test ./..."
 	$(GOTCH_ENV) $(GO) test ./...
+	@echo ">> gotch/: go test under GC pressure (GOGC=1: gotch frees tensors from finalizers)"
+	$(GOTCH_ENV) GOGC=1 $(GO) test -count=1 ./optim/
 
 gotch-demo: libtorch gotch-fork
 	$(GOTCH_ENV) $(GO) run ./cmd/demo -corpus "$(abspath $(GOTCH_CORPUS))" $(GOTCH_DEMO_ARGS)

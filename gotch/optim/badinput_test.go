@@ -21,6 +21,7 @@ func requireCode(t *testing.T, err error, code core.Code, contains string) {
 }
 
 func TestRejectsBadParameters(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(11, 12))
 	vs := nn.NewVarStore(gotch.CPU)
 	lin := nn.NewLinear(vs.Root(), 4, 3, &nn.LinearConfig{WsInit: nn.NewUniformInit(-1, 1), Bias: false})
@@ -45,6 +46,7 @@ func TestRejectsBadParameters(t *testing.T) {
 }
 
 func TestRejectsBadGroups(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(13, 14))
 	p := leaf(rng, gotch.Float, 4, 3)
 	_, err := New(Group{Params: []*ts.Tensor{p, p}, Config: DefaultConfig()})
@@ -72,6 +74,7 @@ func snapshot(o *Optimizer) [][]byte {
 // A parameter resized in place after the optimizer was built no longer
 // fits its state: the step is refused and nothing changes.
 func TestShapeChangedIsRefused(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(15, 16))
 	a, b := leaf(rng, gotch.Float, 8, 6), leaf(rng, gotch.Float, 5, 4)
 	cfg := DefaultConfig()
@@ -95,6 +98,7 @@ func TestShapeChangedIsRefused(t *testing.T) {
 // A non-finite gradient anywhere refuses the whole step: no parameter,
 // state or step counter changes, and a first step initialises again later.
 func TestNonFiniteGradientChangesNothing(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(17, 18))
 	a, b := leaf(rng, gotch.Float, 8, 6), leaf(rng, gotch.Float, 6)
 	cfg := DefaultConfig()

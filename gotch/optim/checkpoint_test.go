@@ -29,6 +29,7 @@ func run(t *testing.T, opt *Optimizer, params []*ts.Tensor, rng *rand.Rand, from
 // gives the trajectory of 6 uninterrupted steps, bit for bit (the first
 // projector refresh after the restart included).
 func TestSaveLoadResumesExactly(t *testing.T) {
+	pinThread(t)
 	straight := fixture(rand.New(rand.NewPCG(21, 22)))
 	paramsA := allParams(straight)
 	optA, err := New(straight...)
@@ -62,6 +63,7 @@ func TestSaveLoadResumesExactly(t *testing.T) {
 }
 
 func TestLoadRefusesOtherOptimizers(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(25, 26))
 	cfg := DefaultConfig()
 	cfg.Rank = 2

@@ -2,6 +2,7 @@ package optim
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"unsafe"
 
@@ -9,6 +10,15 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 )
+
+// pinThread keeps the test on one OS thread: libtorch's grad mode is per
+// thread, and gotch's ts.NoGrad (used by nn's initialisers) switches it off
+// and on again, on another thread if the goroutine moved in between, which
+// leaves a thread with autograd off for whoever runs there next.
+func pinThread(t *testing.T) {
+	runtime.LockOSThread()
+	t.Cleanup(runtime.UnlockOSThread)
+}
 
 // leaf makes a trainable CPU tensor of dtype with values drawn from rng.
 func leaf(rng *rand.Rand, dtype gotch.DType, dims ...int64) *ts.Tensor {

@@ -50,6 +50,7 @@ func lrAt(step int) float64 { return 2e-3 / float64(step) }
 // every parameter and state byte to agree after every step (refreshes
 // included).
 func TestStepMatchesCore(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(1, 2))
 	groups := fixture(rng)
 	params := allParams(groups)
@@ -115,6 +116,7 @@ func TestStepMatchesCore(t *testing.T) {
 // TestParametersMove guards the comparison above against a step that does
 // nothing on either side.
 func TestParametersMove(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(3, 4))
 	groups := fixture(rng)
 	params := allParams(groups)
@@ -132,6 +134,7 @@ func TestParametersMove(t *testing.T) {
 }
 
 func TestZeroGrad(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(5, 6))
 	p := leaf(rng, gotch.Float, 6, 5)
 	opt, err := New(Group{Params: []*ts.Tensor{p}, Config: DefaultConfig()})
@@ -145,6 +148,7 @@ func TestZeroGrad(t *testing.T) {
 
 // A parameter without a gradient is skipped, as PyTorch skips grad None.
 func TestSkipsParametersWithoutGradient(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(7, 8))
 	used, unused := leaf(rng, gotch.Float, 6, 5), leaf(rng, gotch.Float, 4, 3)
 	cfg := DefaultConfig()
@@ -160,6 +164,7 @@ func TestSkipsParametersWithoutGradient(t *testing.T) {
 }
 
 func TestFromVarStore(t *testing.T) {
+	pinThread(t)
 	vs := nn.NewVarStore(gotch.CPU)
 	root := vs.Root()
 	lin := nn.NewLinear(root.Sub("fc"), 12, 10, &nn.LinearConfig{WsInit: nn.NewUniformInit(-0.3, 0.3), BsInit: nn.NewUniformInit(-0.3, 0.3), Bias: true})
@@ -192,6 +197,7 @@ func TestFromVarStore(t *testing.T) {
 }
 
 func TestSetLR(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(9, 10))
 	opt, err := New(Group{Params: []*ts.Tensor{leaf(rng, gotch.Float, 3)}, Config: DefaultConfig()},
 		Group{Params: []*ts.Tensor{leaf(rng, gotch.Float, 4)}, Config: DefaultConfig()})
@@ -210,6 +216,7 @@ func TestSetLR(t *testing.T) {
 // garbage: parameters and gradients are read in place, and no gotch tensor
 // wrapper is made.
 func TestStepAllocatesNothing(t *testing.T) {
+	pinThread(t)
 	rng := rand.New(rand.NewPCG(19, 20))
 	groups := fixture(rng)
 	for i := range groups {
