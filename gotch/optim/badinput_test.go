@@ -121,3 +121,14 @@ func TestNonFiniteGradientChangesNothing(t *testing.T) {
 		require.Equal(t, int64(step+1), opt.params[0].step)
 	}
 }
+
+func TestDroppedParameterIsRefused(t *testing.T) {
+	pinThread(t)
+	rng := rand.New(rand.NewPCG(19, 20))
+	p := leaf(rng, gotch.Float, 4, 3)
+	opt, err := New(Group{Params: []*ts.Tensor{p}, Names: []string{"w"}, Config: DefaultConfig()})
+	require.NoError(t, err)
+	p.MustDrop()
+	requireCode(t, opt.Step(), core.CodeNullPointer, `parameter "w" was dropped`)
+	requireCode(t, opt.ZeroGrad(), core.CodeNullPointer, `parameter "w" was dropped`)
+}

@@ -163,7 +163,6 @@ func FromVarStore(vs *nn.VarStore, cfg Config, project func(name string) bool) (
 		groups[g].Params = append(groups[g].Params, v.t)
 		groups[g].Names = append(groups[g].Names, v.name)
 	}
-	runtime.KeepAlive(vs)
 	return New(groups...)
 }
 
@@ -205,9 +204,6 @@ func (o *Optimizer) Step() error {
 	for _, i := range o.owner {
 		o.params[i].step++
 	}
-	for i := range o.params {
-		runtime.KeepAlive(o.params[i].t)
-	}
 	return nil
 }
 
@@ -239,12 +235,21 @@ func (o *Optimizer) locate(err error) error {
 	return core.Errorf(core.CodeOf(err), "%s: %w", o.params[o.owner[k]].what, err)
 }
 
+// handle is p's C tensor; a dropped tensor (MustDrop) has none.
+func (p *param) handle() (lib.Ctensor, error) {
+	c := lib.Ctensor(p.t.Ctensor())
+	if c == nil {
+		return nil, core.Errorf(core.CodeNullPointer, "%s was dropped (its tensor freed)", p.what)
+	}
+	return c, nil
+}
+
 // tensors reads p's parameter and gradient; ok is false when the
 // parameter has no gradient. The gradient's handle is freed after the step.
 func (o *Optimizer) tensors(p *param) (w, g core.Tensor, ok bool, err error) {
-	c := lib.Ctensor(p.t.Ctensor())
-	if c == nil {
-		return w, g, false, core.Errorf(core.CodeNullPointer, "parameter %q was dropped", p.name)
+	c, err := p.handle()
+	if err != nil {
+		return w, g, false, err
 	}
 	what := p.what
 	pv, err := inspect(c, what, false, o.dims)
@@ -286,15 +291,19 @@ func (o *Optimizer) freeGrads() {
 	o.grads = o.grads[:0]
 }
 
-// ZeroGrad sets every defined gradient to zero in place (as gotch's
-// nn.Optimizer does).
+// ZeroGrad sets every defined gradient to zero in place: the next
+// backward accumulates into the same memory.
 func (o *Optimizer) ZeroGrad() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer o.freeGrads()
 	for i := range o.params {
 		p := &o.params[i]
-		lib.AtgGrad(o.out, lib.Ctensor(p.t.Ctensor()))
+		c, err := p.handle()
+		if err != nil {
+			return err
+		}
+		lib.AtgGrad(o.out, c)
 		gc := *o.out
 		o.grads = append(o.grads, gc)
 		if !lib.AtDefined(gc) {
@@ -305,9 +314,6 @@ func (o *Optimizer) ZeroGrad() error {
 		if err := libtorchError(); err != nil {
 			return core.Errorf(core.CodeInvalidArgument, "zeroing the gradient of %s: %w", p.what, err)
 		}
-	}
-	for i := range o.params {
-		runtime.KeepAlive(o.params[i].t)
 	}
 	return nil
 }
