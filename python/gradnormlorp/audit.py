@@ -90,31 +90,35 @@ def not_a_whole_matrix(p: torch.Tensor) -> str | None:
     return None
 
 
-def _refuse(where: str, p: torch.Tensor, problem: str) -> GradNormLoRPError:
-    return GradNormLoRPError(
-        f"{where} is {problem}. Its param group is projected (rank is set), and a projected "
-        f"matrix must be the model's whole 2-D weight; training on without it would be plain "
-        f"AdamW, not GradNormLoRP. {SUPPORTED}.",
-        _lib.GNLP_ERR_INVALID_ARGUMENT,
+def _problem(p, projected: bool) -> str | None:
+    """What makes ``p`` unusable in its group: in a projected group anything
+    but a whole matrix; in an AdamW group (elementwise, so a flat shard is
+    fine) only a DTensor, whose storage is not a plain tensor."""
+    if not isinstance(p, torch.Tensor):
+        return None  # torch's add_param_group names non-tensors
+    return not_a_whole_matrix(p) if projected else _dtensor_problem(p)
+
+
+def _refuse(where: str, problem: str, projected: bool) -> GradNormLoRPError:
+    why = (
+        "Its param group is projected (rank is set), and a projected matrix must be the model's whole "
+        "2-D weight; training on without it would be plain AdamW, not GradNormLoRP."
+        if projected
+        else "GradNormLoRP steps plain tensors only, also in its AdamW groups."
     )
+    return GradNormLoRPError(f"{where} is {problem}. {why} {SUPPORTED}.", _lib.GNLP_ERR_INVALID_ARGUMENT)
 
 
 # --------------------------------------------------------- adding a group
 
 
-def _given(opt) -> list[tuple[dict[str, Any], list[tuple[torch.Tensor, tuple[int, ...]]]]]:
-    """(param group, the matrices it was given with their shapes then), one
-    entry per group added, kept on the optimizer instance: a deep copy or an
-    unpickled optimizer starts afresh (its first step is checked again)."""
-    return opt.__dict__.setdefault("_gnlp_given", [])
-
-
-def _given_matrices(opt, group: dict[str, Any]):
-    # torch's load_state_dict makes new group dicts around the same params list.
-    for added, matrices in _given(opt):
-        if added is group or added["params"] is group["params"]:
-            return matrices
-    return []
+def _given(opt) -> dict[int, list[tuple[torch.Tensor, tuple[int, ...]]]]:
+    """Group index -> the matrices that projected group was given, with
+    their shapes then. Groups are only appended (and load_state_dict keeps
+    their order); a failed add is overwritten by the next. Kept on the
+    optimizer instance: a deep copy or an unpickled optimizer starts afresh
+    (its first step is checked again)."""
+    return opt.__dict__.setdefault("_gnlp_given", {})
 
 
 def check_param_group(opt, param_group: dict[str, Any], merged: dict[str, Any]) -> None:
@@ -122,25 +126,29 @@ def check_param_group(opt, param_group: dict[str, Any], merged: dict[str, Any]) 
     over the optimizer's defaults) and remember what it was given.
 
     Raises GradNormLoRPError if a projected group holds a flattened or
-    sharded parameter. Warns if a group that asks for ``rank`` itself holds
+    sharded parameter, or any group a DTensor. Warns if a group that asks for ``rank`` itself holds
     no matrix to project, and if a group takes ``rank`` from the
     optimizer's arguments and so projects every matrix of a model, the
     token embedding and LM head included. Turns ``param_group["params"]``
     into a list as torch would (a generator can be read only once).
     """
     params = param_group["params"]
+    if isinstance(params, set):
+        return  # torch raises its own TypeError
     if isinstance(params, torch.Tensor):
         params = [params]
-    elif not isinstance(params, (set, list)):  # a set: torch raises its own TypeError
+    elif not isinstance(params, list):
         params = param_group["params"] = list(params)
     index = len(opt.param_groups)
-    if merged["rank"] is None or isinstance(params, set):
-        return
+    projected = merged["rank"] is not None
     for pi, p in enumerate(params):
-        problem = not_a_whole_matrix(p) if isinstance(p, torch.Tensor) else None
+        problem = _problem(p, projected)
         if problem:
-            raise _refuse(f"parameter {pi} of the param group being added (group {index})", p, problem)
-    matrices = [(p, tuple(p.shape)) for p in params if isinstance(p, torch.Tensor) and p.dim() == 2]
+            raise _refuse(f"parameter {pi} of the param group being added (group {index})", problem, projected)
+    matrices = [(p, tuple(p.shape)) for p in params if projected and isinstance(p, torch.Tensor) and p.dim() == 2]
+    _given(opt)[index] = matrices
+    if not projected:
+        return
     default_rank = "rank" not in param_group
     if params and not matrices and not default_rank:
         warnings.warn(
@@ -160,7 +168,6 @@ def check_param_group(opt, param_group: dict[str, Any], merged: dict[str, Any]) 
             f"project them all on purpose",
             stacklevel=3,
         )
-    _given(opt).append((param_group, matrices))
 
 
 # ------------------------------------------------------------- first step
@@ -174,20 +181,20 @@ def check_first_step(opt) -> None:
     if opt.__dict__.get("_gnlp_checked"):
         return
     for gi, group in enumerate(opt.param_groups):
-        if group["rank"] is None:
-            continue
+        projected = group["rank"] is not None
         for pi, p in enumerate(group["params"]):
-            problem = not_a_whole_matrix(p)
+            problem = _problem(p, projected)
             if problem:
-                raise _refuse(f"parameter {pi} of param group {gi}", p, problem)
-        _check_unchanged(gi, group, _given_matrices(opt, group))
+                raise _refuse(f"parameter {pi} of param group {gi}", problem, projected)
+        if projected:
+            _check_unchanged(gi, group, _given(opt).get(gi, []))
     _check_some_gradient(opt)
     opt.__dict__["_gnlp_checked"] = True
     if log.isEnabledFor(logging.INFO):
         log.info(summary(opt))
 
 
-def _check_unchanged(gi: int, group: dict[str, Any], matrices: Sequence[tuple[torch.Tensor, tuple[int, ...]]]) -> None:
+def _check_unchanged(gi: int, group: dict[str, Any], matrices: Sequence[tuple[torch.Tensor, tuple[int, ...]]]):
     """The matrices a projected group was given are still in it, whole."""
     held = {id(p) for p in group["params"]}
     changed = [(p, shape) for p, shape in matrices if id(p) not in held or tuple(p.shape) != shape]
@@ -199,8 +206,8 @@ def _check_unchanged(gi: int, group: dict[str, Any], matrices: Sequence[tuple[to
     raise GradNormLoRPError(
         f"param group {gi} was given {len(matrices)} matrices to project, but at the first step "
         f"{len(changed)} of them were replaced or reshaped (one of shape {shape} is {now}; the group "
-        f"now holds tensors: {_shapes(group['params'])}). A wrapper flattened or sharded the parameters after "
-        f"the optimizer was created: DeepSpeed ZeRO stages 1 and 2 replace each param group with one "
+        f"now holds tensors: {_shapes(group['params'])}). A wrapper flattened or sharded the parameters "
+        f"after the optimizer was created: DeepSpeed ZeRO stages 1 and 2 replace each param group with one "
         f"flat 1-D partition, on which GradNormLoRP would be plain AdamW. {SUPPORTED}.",
         _lib.GNLP_ERR_INVALID_ARGUMENT,
     )
@@ -262,8 +269,6 @@ _MAX_SHAPES = 6
 
 
 def _shape_of(shape) -> str:
-    if shape is None:
-        return "unknown"
     return "x".join(str(d) for d in shape) if len(shape) else "scalar"
 
 

@@ -34,7 +34,8 @@ def unwrapped_named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]
     for name, module in model.named_modules():
         if name:
             parent, _, child = name.rpartition(".")
-            wrapper = child in _WRAPPER_CHILDREN or (child == "module" and isinstance(parent_of[parent], _DATA_PARALLEL))
+            data_parallel = isinstance(parent_of[parent], _DATA_PARALLEL)
+            wrapper = child in _WRAPPER_CHILDREN or (child == "module" and data_parallel)
             base = unwrapped[parent]
             unwrapped[name] = base if wrapper else (f"{base}.{child}" if base else child)
         parent_of[name] = module

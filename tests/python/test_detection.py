@@ -100,12 +100,15 @@ def fsdp2(optimizer_first: bool):
     return run
 
 
-def fsdp2_params_given_directly(rank):
-    from torch.distributed.fsdp import fully_shard
+def fsdp2_params_given_directly(rank: int | None):
+    def run(_):
+        from torch.distributed.fsdp import fully_shard
 
-    model = tiny_llama()
-    fully_shard(model)
-    GradNormLoRP(model.parameters(), rank=8, **HP)
+        model = tiny_llama()
+        fully_shard(model)
+        GradNormLoRP(model.parameters(), rank=rank, **HP)
+
+    return run
 
 
 def deepspeed_zero(stage: int):
@@ -140,7 +143,8 @@ SETUPS = {
     "FSDP1 flat parameters handed to a projected optimizer": fsdp1_flat_params_given_directly,
     "FSDP2 fully_shard, optimizer before sharding": fsdp2(optimizer_first=True),
     "FSDP2 fully_shard, groups on the sharded model": fsdp2(optimizer_first=False),
-    "FSDP2 DTensors handed to a projected optimizer": fsdp2_params_given_directly,
+    "FSDP2 DTensors handed to a projected optimizer": fsdp2_params_given_directly(rank=8),
+    "FSDP2 DTensors handed to an AdamW optimizer": fsdp2_params_given_directly(rank=None),
 }
 if HAVE_DEEPSPEED:
     SETUPS.update({f"DeepSpeed ZeRO stage {s}": deepspeed_zero(s) for s in (0, 1, 2, 3)})
@@ -212,6 +216,7 @@ def test_ddp_prefix_trains_exactly(outcomes):
         ("FSDP2 fully_shard, optimizer before sharding", ["has a gradient", "fully_shard"]),
         ("FSDP2 fully_shard, groups on the sharded model", ["'model.layers.0.self_attn.q_proj'", "DTensor", "FSDP2"]),
         ("FSDP2 DTensors handed to a projected optimizer", ["DTensor", "FSDP2's fully_shard", "planned"]),
+        ("FSDP2 DTensors handed to an AdamW optimizer", ["DTensor", "plain tensors only, also in its AdamW groups"]),
     ],
 )
 def test_fsdp_is_refused(outcomes, setup, phrases):
@@ -259,11 +264,13 @@ def hand_flattened(kind):
     it was created, the way ZeRO 1/2 (replace) and unknown shards (reshape) do."""
     model = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4))
     opt = GradNormLoRP([{"params": [model[0].weight, model[1].weight], "rank": 2}])
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
     if kind == "replaced":
         flat = torch.cat([p.detach().flatten() for p in opt.param_groups[0]["params"]]).requires_grad_()
         flat.grad = torch.ones_like(flat)
         opt.param_groups[0]["params"] = [flat]
-    else:
+    elif kind == "reshaped":
         model[0].weight.data = model[0].weight.data.flatten()
         model[0].weight.grad = torch.ones_like(model[0].weight)
     return opt
@@ -279,6 +286,15 @@ def test_matrices_replaced_after_creation_are_refused(kind, phrase):
         assert phrase in str(err.value) and "DeepSpeed ZeRO stages 1 and 2" in str(err.value)
     assert all(torch.equal(p, b) for p, b in zip(opt.param_groups[0]["params"], before))
     assert len(opt.state) == 0
+
+
+def test_replacement_is_found_after_load_state_dict():
+    """torch's load_state_dict makes new group dicts around the same params lists."""
+    opt = hand_flattened("none")
+    opt.load_state_dict(opt.state_dict())
+    opt.param_groups[0]["params"] = opt.param_groups[0]["params"][:1]
+    with pytest.raises(GradNormLoRPError, match=r"1 of them were replaced or reshaped \(one of shape 4x6 is no longer"):
+        opt.step()
 
 
 def test_explicit_rank_without_a_matrix_warns():
