@@ -32,8 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(ROOT, "python"), os.path.join(ROOT, "tests", "gpu")]
 
-from gradnormlorp import _lib as L  # noqa: E402
 from gnlp_abi import Param, config  # noqa: E402
+from gradnormlorp import _lib as L  # noqa: E402
 
 HIDDEN, INTER, RANK = 2048, 5461, 1024
 GiB = 2**30
@@ -182,7 +182,7 @@ def bench_refresh(shapes, reps):
         ours_basis = ours_basis if side == "right" else ours_basis.T
         print(f"  {m}x{n} k={k}: ours {ours:9.1f} ms, torch.linalg.svd {min(svd):9.1f} ms, ratio {min(svd) / max(ours, 1e-3):6.2f}x"
               f"  (orthonormality err {float((ours_basis @ ours_basis.T - torch.eye(k, device='cuda')).abs().max()):.1e})")
-        del pr, pn
+        pr = pn = None  # frees their device memory before the next shape
 
 
 def main():

@@ -80,11 +80,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(ROOT, "python"), HERE]
 
-from gradnormlorp import GradNormLoRP  # noqa: E402
-from gradnormlorp import _lib  # noqa: E402
-
-import realgrads  # noqa: E402
-from torch_gnlp import TorchGradNormLoRP  # noqa: E402
+import realgrads
+from gradnormlorp import GradNormLoRP, _lib
+from torch_gnlp import TorchGradNormLoRP
 
 torch.set_num_threads(THREADS)
 

@@ -97,14 +97,13 @@ const (
 // batch is one StepBatch call in flight, pooled so the steady state
 // allocates nothing.
 type batch struct {
-	b      Backend
-	x      Executor
-	items  []Item
-	jobs   []job
-	order  []int32
-	spans  []span
-	phase  int
-	single bool
+	b     Backend
+	x     Executor
+	items []Item
+	jobs  []job
+	order []int32
+	spans []span
+	phase int
 }
 
 // job is one item's progress through a batch.

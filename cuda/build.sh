@@ -4,7 +4,7 @@
 # Usage:  cuda/build.sh [OUT_DIR]        (default OUT_DIR: build/ in the repo)
 #
 #   Writes OUT_DIR/libgnlp_cuda.so. libgradnormlorp.so finds it next to
-#   itself, or through $GRADNORMLORP_CUDA_LIBRARY, or on the loader path.
+#   itself, or through $GNLP_CUDA_LIBRARY, or on the loader path.
 #
 # Finds nvcc in this order: $NVCC; $CUDA_HOME/bin/nvcc; /usr/local/cuda/bin/nvcc;
 # nvcc on PATH; then the PyPI wheels (nvidia-cuda-nvcc, nvidia-cuda-crt,

@@ -4,7 +4,7 @@
 // dlsym'd pointers. Nothing here links against CUDA, so libgradnormlorp.so
 // loads and runs its CPU backend on machines without CUDA.
 //
-// Library search order: $GRADNORMLORP_CUDA_LIBRARY (only it, when set);
+// Library search order: $GNLP_CUDA_LIBRARY (only it, when set);
 // libgnlp_cuda.so next to the library this package is linked into
 // (libgradnormlorp.so, found with dladdr); the default loader path.
 package cuda
@@ -29,7 +29,7 @@ import (
 
 // LibraryEnv names the environment variable that overrides where
 // libgnlp_cuda.so is loaded from.
-const LibraryEnv = "GRADNORMLORP_CUDA_LIBRARY"
+const LibraryEnv = "GNLP_CUDA_LIBRARY"
 
 // LibraryName is the file name of the CUDA backend library.
 const LibraryName = "libgnlp_cuda.so"
@@ -37,7 +37,27 @@ const LibraryName = "libgnlp_cuda.so"
 // TF32Env, when "1", lets the projections use TF32 tensor cores (inputs
 // rounded to 10 mantissa bits, float32 accumulation): several times the
 // float32 GEMM rate on A100/H100 at about 1e-3 relative error.
-const TF32Env = "GRADNORMLORP_CUDA_TF32"
+const TF32Env = "GNLP_CUDA_TF32"
+
+// deprecatedEnv maps each variable to its former name, still read.
+var deprecatedEnv = map[string]string{
+	LibraryEnv: "GRADNORMLORP_CUDA_LIBRARY",
+	TF32Env:    "GRADNORMLORP_CUDA_TF32",
+}
+
+// getenv reads an environment variable, or its former name with a
+// deprecation line on stderr.
+func getenv(name string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	old := deprecatedEnv[name]
+	v := os.Getenv(old)
+	if v != "" {
+		fmt.Fprintf(os.Stderr, "gradnormlorp: $%s is deprecated, set $%s instead\n", old, name)
+	}
+	return v
+}
 
 // Library is a loaded libgnlp_cuda.so.
 type Library struct {
@@ -76,7 +96,7 @@ func Load() (*Library, error) {
 
 // candidates lists the paths to try, in order.
 func candidates() []string {
-	if env := os.Getenv(LibraryEnv); env != "" {
+	if env := getenv(LibraryEnv); env != "" {
 		return []string{env}
 	}
 	var out []string
@@ -95,7 +115,7 @@ func open(path string) (*Library, error) {
 		C.free(unsafe.Pointer(api))
 		return nil, fmt.Errorf("%s", e.String())
 	}
-	return &Library{api: api, Path: path, tf32: os.Getenv(TF32Env) == "1"}, nil
+	return &Library{api: api, Path: path, tf32: getenv(TF32Env) == "1"}, nil
 }
 
 // errText receives a message from the library.

@@ -68,3 +68,17 @@ func TestBuildAndLoadWithoutGPU(t *testing.T) {
 		t.Errorf("AllFinite without a driver: %v", err)
 	}
 }
+
+// TestDeprecatedLibraryEnvStillWorks: $GRADNORMLORP_CUDA_LIBRARY, the former
+// name of $GNLP_CUDA_LIBRARY, is still read.
+func TestDeprecatedLibraryEnvStillWorks(t *testing.T) {
+	t.Setenv(LibraryEnv, "")
+	t.Setenv("GRADNORMLORP_CUDA_LIBRARY", "/old/libgnlp_cuda.so")
+	if got := candidates(); len(got) != 1 || got[0] != "/old/libgnlp_cuda.so" {
+		t.Fatalf("candidates() = %v", got)
+	}
+	t.Setenv(LibraryEnv, "/new/libgnlp_cuda.so")
+	if got := candidates(); len(got) != 1 || got[0] != "/new/libgnlp_cuda.so" {
+		t.Fatalf("candidates() = %v", got)
+	}
+}

@@ -104,17 +104,6 @@ func (m *model) step(tb testing.TB, t int64) {
 	}
 }
 
-func (m *model) numel() (projected, adamw int) {
-	for _, it := range m.items {
-		if it.Config.Rank > 0 && len(it.Param.Shape) == 2 {
-			projected += it.Param.Shape.Numel()
-		} else {
-			adamw += it.Param.Shape.Numel()
-		}
-	}
-	return projected, adamw
-}
-
 // randomProjectors fills every float32 projector with a random orthonormal
 // basis, as a stand-in for the previous refresh (the exact first refresh of
 // a whole model takes minutes with gonum's SVD).

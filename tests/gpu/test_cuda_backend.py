@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import gradnormlorp
-from gradnormlorp import _lib as L
 from gnlp_abi import Param, config, lib, step_async
+from gradnormlorp import _lib as L
 from oracle import Oracle
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -17,7 +17,8 @@ import torch  # noqa: E402
 # The test matrices are tiny: intra-op threads only add contention.
 torch.set_num_threads(1)
 
-from problems import COUNT as _COUNT, WORST as _WORST  # noqa: E402
+from problems import COUNT as _COUNT
+from problems import WORST as _WORST
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
