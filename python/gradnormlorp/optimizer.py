@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
+import os
+import threading
+from collections import defaultdict
 from numbers import Integral, Real
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch.optim import Optimizer
 
 from . import _lib, audit
 from ._lib import GradNormLoRPError
+from ._signals import deferred_signals
 
 __all__ = ["GradNormLoRP"]
 
 _STEP = "step"
+
+_INT32_MAX = 2**31 - 1
+
+# Set, the library's worker pool is sized by it and torch's thread count is not followed.
+THREADS_ENV = "GNLP_NUM_THREADS"
 
 
 class GradNormLoRP(Optimizer):
@@ -32,7 +42,7 @@ class GradNormLoRP(Optimizer):
 
     Args:
         params: parameters or param groups (dicts), as for torch.optim.AdamW.
-        lr (float): learning rate (default 1e-3).
+        lr (float or 1-element Tensor): learning rate (default 1e-3).
         betas (tuple[float, float]): Adam coefficients (default (0.9, 0.999)).
         eps (float): added to ``sqrt(exp_avg_sq)`` (default 1e-8).
         weight_decay (float): decoupled weight decay; for projected matrices
@@ -41,7 +51,8 @@ class GradNormLoRP(Optimizer):
             rank used for an ``m x n`` matrix is ``min(rank, m, n)``.
         update_proj_gap (int): steps between projector refreshes (default 200).
         scale (float): ``alpha``, the scale of the projected-back update
-            (default 1.0 as galore_torch.GaLoreAdamW; transformers uses 0.25).
+            (default 0.25, as transformers' GaLore and
+            :func:`~gradnormlorp.target_param_groups`).
         proj_type (str): ``"std"``, ``"reverse_std"``, ``"right"``, ``"left"``
             or ``"full"`` (GaLore's meanings).
         correct_bias (bool): Adam bias correction (default True).
@@ -53,30 +64,35 @@ class GradNormLoRP(Optimizer):
         refresh (str): how a projector refresh finds the top-``rank`` singular
             subspace: ``"svd"`` (default, exact SVD) or ``"subspace"``
             (subspace iteration warm-started from the previous projector:
-            much faster, captured energy >= 0.99 of the exact subspace on
+            much faster, captured energy >= 0.999 of the exact subspace on
             real gradients, see bench/step.py; the first refresh of each
             parameter is exact).
 
     Every group key is read on every step, so LR schedulers work as usual.
+    Hyperparameters are checked by the library (one rule set for every
+    caller of the C ABI): a bad value raises ``ValueError`` from the
+    constructor, ``add_param_group`` and ``load_state_dict``, naming it.
 
     State: for each parameter, ``self.state[p]`` holds the buffers the library
     asks for (``gnlp_state_layout``: ``exp_avg``, ``exp_avg_sq``, and for
     projected matrices ``proj_left``/``proj_right``, ``magnitude``,
-    ``direction_norm``, ``magnitude_exp_avg``, ``magnitude_exp_avg_sq``), all
-    ``torch.float32`` tensors owned by PyTorch on the parameter's device, plus
-    ``"step"``, a plain int. Parameters that are neither 1-D nor 2-D are
-    handled as one flat vector, so their AdamW moments are stored flat. State
-    stays fp32 for bf16/fp16 parameters, also across ``load_state_dict``.
+    ``direction_norm``, ``magnitude_exp_avg``, ``magnitude_exp_avg_sq``),
+    tensors owned by PyTorch on the parameter's device, plus ``"step"``, a
+    plain int. They are ``torch.float32``, except with ``optim_bits`` 8 or 4,
+    where a quantised buffer is ``torch.uint8`` codes plus a float32
+    ``<name>_absmax``. Parameters that are neither 1-D nor 2-D are handled as
+    one flat vector, so their AdamW moments are stored flat. State stays
+    float32 for bf16/fp16 parameters, also across ``load_state_dict``.
 
     Inputs and errors:
 
-    * Parameters must be contiguous (they are updated in place), of dtype
-      float32, bfloat16 or float16, on the CPU. A non-contiguous gradient is
-      copied to a contiguous one (it is only read). Sparse or complex
-      gradients, other dtypes, CUDA tensors (the CUDA backend is not available
-      yet), and a parameter that changed shape since its state was created
-      raise :class:`GradNormLoRPError`; bad hyperparameters raise
-      ``ValueError`` in the constructor and ``add_param_group``.
+    * Parameters may have dtype float32, bfloat16 or float16 and live on the
+      CPU or a CUDA device (where the CUDA backend is built). Non-contiguous
+      parameters (transposed views, channels_last conv weights) are stepped
+      through a contiguous copy that is written back; non-contiguous
+      gradients are copied. Sparse or complex gradients, other dtypes, and a
+      parameter that changed shape since its state was created raise
+      :class:`GradNormLoRPError`.
     * Parameters whose ``grad`` is ``None`` and empty parameters are skipped.
     * **Non-finite gradients:** if any gradient in the step holds NaN or Inf,
       the library refuses the whole step before changing anything:
@@ -87,19 +103,27 @@ class GradNormLoRP(Optimizer):
       ``torch.amp.GradScaler`` (which skips steps on inf itself) this does not
       arise.
     * All parameters of one device are updated by one library call; on error
-      nothing of that call is changed.
+      nothing of that call is changed. A signal (Ctrl-C) arriving during the
+      call is handled right after it, once the step counters record it, so
+      an interrupted step is either wholly done or not done at all.
+    * ``step()`` calls on one optimizer from several threads run one at a
+      time; different optimizers step in parallel.
+    * The library's worker pool follows ``torch.get_num_threads()`` (checked
+      at each step), unless ``$GNLP_NUM_THREADS`` is set.
+    * ``torch.compile`` does not trace into :meth:`step` (a library call
+      cannot be compiled); compiled models around it work as usual.
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
+        lr: float | torch.Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         rank: int | None = None,
         update_proj_gap: int = 200,
-        scale: float = 1.0,
+        scale: float = 0.25,
         proj_type: str = "std",
         correct_bias: bool = True,
         optim_bits: int = 32,
@@ -118,46 +142,39 @@ class GradNormLoRP(Optimizer):
             optim_bits=optim_bits,
             refresh=refresh,
         )
-        _validate_hyperparameters(defaults)
         _lib.lib()  # fail early, with a clear message, if the library is missing
-        self._layout_cache: dict[tuple, list] = {}
+        _validate_group(defaults)
+        self._init_runtime()
         super().__init__(params, defaults)
+
+    def _init_runtime(self) -> None:
+        """What is not state and so is not pickled: rebuilt on unpickling and deepcopy."""
+        self._layout_cache: dict[tuple, list] = {}
+        self._step_lock = threading.Lock()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_layout_cache", {})
+        if "_step_lock" not in self.__dict__:
+            self._init_runtime()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         merged = {k: param_group.get(k, v) for k, v in self.defaults.items()}
-        _validate_hyperparameters(merged)
+        _validate_group(merged)
         audit.check_param_group(self, param_group, merged)  # flattened/sharded matrices (audit.py)
         super().add_param_group(param_group)
 
     # ------------------------------------------------------------------ state
 
+    @staticmethod
+    def _shape(group: dict[str, Any], p: torch.Tensor) -> tuple[tuple[int, ...], bool]:
+        """The shape p is described to the library with, and whether it is projected."""
+        shape = tuple(p.shape) if p.dim() in (1, 2) else (p.numel(),)
+        return shape, group["rank"] is not None and p.dim() == 2
+
     def _plan(self, group: dict[str, Any], p: torch.Tensor) -> tuple[tuple[int, ...], _lib.gnlp_config]:
         """The shape p is described with and the config it is stepped under."""
-        shape = tuple(p.shape) if p.dim() in (1, 2) else (p.numel(),)
-        projected = group["rank"] is not None and p.dim() == 2
-        proj_type = group["proj_type"]
-        if proj_type not in _lib.PROJ_TYPES:
-            raise ValueError(f"invalid proj_type: {proj_type!r} (want one of {', '.join(_lib.PROJ_TYPES)})")
-        beta1, beta2 = group["betas"]
-        cfg = _lib.make_config(
-            lr=_as_float(group["lr"]),
-            beta1=_as_float(beta1),
-            beta2=_as_float(beta2),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            scale=group["scale"],
-            rank=group["rank"] if projected else 0,
-            update_proj_gap=group["update_proj_gap"],
-            proj_type=_lib.PROJ_TYPES[proj_type],
-            correct_bias=group["correct_bias"],
-            optim_bits=group["optim_bits"],
-            refresh=REFRESH_MODES[group.get("refresh", "svd")],
-        )
-        return shape, cfg
+        shape, projected = self._shape(group, p)
+        return shape, _config_of(group, projected)
 
     def _layout(self, p: torch.Tensor, shape: tuple[int, ...], cfg: _lib.gnlp_config) -> list:
         key = (shape, p.dtype, cfg.rank, cfg.proj_type if cfg.rank else 0, cfg.optim_bits)
@@ -225,7 +242,9 @@ class GradNormLoRP(Optimizer):
         for name, dtype, bshape, _ in layout:
             state[name] = torch.empty(bshape, dtype=dtype, device=p.device)
         descs = (_lib.gnlp_tensor * len(layout))(*[_lib.describe(state[name]) for name, *_ in layout])
-        _lib.state_init(_lib.describe(p, shape), descs, cfg, self._stream(p))
+        # The library reads p's values (the magnitudes start as its row norms).
+        values = p if p.is_contiguous() else p.contiguous()
+        _lib.state_init(_lib.describe(values, shape), descs, cfg, self._stream(p))
         state[_STEP] = 0
         return state
 
@@ -240,6 +259,7 @@ class GradNormLoRP(Optimizer):
 
     # ------------------------------------------------------------------- step
 
+    @torch._disable_dynamo
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """Perform one optimization step.
@@ -262,47 +282,63 @@ class GradNormLoRP(Optimizer):
         have a gradient, under their groups' current hyperparameters: one
         library call per device. Layer-wise mode steps one parameter at a time
         through this."""
-        audit.check_first_step(self)  # once: refuse flattened/replaced matrices, log the summary
-        batches: dict[tuple[int, int], list] = {}  # device -> [(p, state, new, item fields)]
-        for gi, pi in which:
-            group = self.param_groups[gi]
-            p = group["params"][pi]
-            if p.grad is None or p.numel() == 0:
-                continue
-            where = f"parameter {pi} of param group {gi}"
-            grad = self._checked_grad(where, p)
-            shape, cfg = self._plan(group, p)
-            layout = self._layout(p, shape, cfg)
-            state = self.state.get(p)
-            new = not state
-            if new:
-                state = self._new_state(p, shape, cfg, layout)
-            else:
-                self._check_state(where, p, state, layout, cfg)
-            dev = _lib.device_of(p)
-            batches.setdefault(dev, []).append((p, grad, shape, cfg, layout, state, new))
-
-        for entries in batches.values():
-            n = len(entries)
-            items = (_lib.gnlp_step_item * n)()
-            keep = []
-            for i, (p, grad, shape, cfg, layout, state, _) in enumerate(entries):
-                descs = (_lib.gnlp_tensor * len(layout))(*[_lib.describe(state[name]) for name, *_ in layout])
-                keep.append(descs)
-                it = items[i]
-                it.param = _lib.describe(p, shape)
-                it.grad = _lib.describe(grad, shape)
-                it.state = ctypes.cast(descs, ctypes.POINTER(_lib.gnlp_tensor))
-                it.n_state = len(layout)
-                it.reserved = 0
-                it.config = cfg
-                it.step = state[_STEP] + 1
-            _lib.step_batch(items, self._stream(entries[0][0]))
-            for p, _, _, _, _, state, new in entries:
-                state[_STEP] += 1
+        with self._step_lock:
+            audit.check_first_step(self)  # once: refuse flattened/replaced matrices, log the summary
+            _follow_torch_threads()
+            batches: dict[tuple[int, int], list[_Pending]] = {}
+            configs: dict[tuple[int, bool], _lib.gnlp_config] = {}
+            for gi, pi in which:
+                group = self.param_groups[gi]
+                p = group["params"][pi]
+                if p.grad is None or p.numel() == 0:
+                    continue
+                where = f"parameter {pi} of param group {gi}"
+                grad = self._checked_grad(where, p)
+                shape, projected = self._shape(group, p)
+                cfg = configs.get((gi, projected))
+                if cfg is None:
+                    cfg = configs[(gi, projected)] = _config_of(group, projected)
+                layout = self._layout(p, shape, cfg)
+                state = self.state.get(p)
+                new = not state
                 if new:
-                    self.state[p] = state
-            del keep
+                    state = self._new_state(p, shape, cfg, layout)
+                else:
+                    self._check_state(where, p, state, layout, cfg)
+                # The library updates contiguous memory in place: a strided
+                # parameter is stepped as a copy, written back afterwards.
+                staged = p if p.is_contiguous() else p.contiguous()
+                batches.setdefault(_lib.device_of(p), []).append(
+                    _Pending(p, staged, grad, shape, cfg, layout, state, new)
+                )
+            for entries in batches.values():
+                self._apply(entries)
+
+    def _apply(self, entries: list[_Pending]) -> None:
+        """One library call for the entries (all on one device), then the
+        bookkeeping that records it, with no signal handled in between."""
+        items = (_lib.gnlp_step_item * len(entries))()
+        keep = []
+        for it, e in zip(items, entries):
+            descs = (_lib.gnlp_tensor * len(e.layout))(*[_lib.describe(e.state[name]) for name, *_ in e.layout])
+            keep.append(descs)
+            it.param = _lib.describe(e.staged, e.shape)
+            it.grad = _lib.describe(e.grad, e.shape)
+            it.state = ctypes.cast(descs, ctypes.POINTER(_lib.gnlp_tensor))
+            it.n_state = len(e.layout)
+            it.reserved = 0
+            it.config = e.cfg
+            it.step = e.state[_STEP] + 1
+        stream = self._stream(entries[0].param)
+        with deferred_signals():
+            _lib.step_batch(items, stream)  # on error nothing has changed, and nothing below runs
+            for e in entries:
+                if e.staged is not e.param:
+                    e.param.copy_(e.staged)
+                e.state[_STEP] += 1
+                if e.new:
+                    self.state[e.param] = e.state
+        del keep
 
     @staticmethod
     def _checked_grad(where: str, p: torch.Tensor) -> torch.Tensor:
@@ -338,11 +374,11 @@ class GradNormLoRP(Optimizer):
                 f"{where}: gradient shape {tuple(grad.shape)} differs from parameter shape {tuple(p.shape)}",
                 _lib.GNLP_ERR_SHAPE,
             )
-        if not p.is_contiguous():
+        if not p.is_contiguous() and torch._debug_has_internal_overlap(p) == 1:
             raise GradNormLoRPError(
-                f"{where} (shape {tuple(p.shape)}, strides {p.stride()}) is not contiguous; GradNormLoRP "
-                f"updates parameters in place and needs them contiguous (make the parameter's data "
-                f"contiguous before creating the optimizer, e.g. p.data = p.data.contiguous())",
+                f"{where} (shape {tuple(p.shape)}, strides {p.stride()}) has elements that share memory "
+                f"(e.g. made by expand()), so it cannot be updated element by element; give it its own "
+                f"memory (p.data = p.data.clone())",
                 _lib.GNLP_ERR_NOT_CONTIGUOUS,
             )
         _lib.device_of(p)
@@ -352,92 +388,218 @@ class GradNormLoRP(Optimizer):
 
     # ------------------------------------------------------------ checkpoints
 
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load state saved by :meth:`state_dict`.
+        """Load state saved by :meth:`state_dict` (of either mode), or by
+        ``torch.optim.AdamW``/``Adam``.
 
-        Unlike ``torch.optim.Optimizer.load_state_dict``, state tensors keep
-        their saved dtype (fp32 moments of a bf16 parameter stay fp32); they
-        are copied to the parameter's device. Every parameter's buffers are
-        checked against the layout for its current shape and its group's
-        loaded config; on a mismatch ``ValueError`` is raised and the
-        optimizer is left unchanged.
+        As ``torch.optim.Optimizer.load_state_dict``: the load-state-dict
+        pre-hooks run first (and may replace the dict), the post-hooks after
+        the state is in place, and the saved groups' hyperparameters replace
+        the current ones. Unlike it:
+
+        * A key the saved group lacks keeps this optimizer's value (so an
+          AdamW checkpoint loaded into a projected group keeps its ``rank``).
+        * State tensors keep their saved dtype (fp32 moments of a bf16
+          parameter stay fp32, uint8 codes stay uint8); they are copied to
+          the parameter's device.
+        * Everything is checked before anything changes: every buffer's
+          name, shape and dtype against the layout for the parameter's
+          current shape under its group's loaded config, and its values
+          (finite; second moments, norms and absmax not negative). On a
+          problem ``ValueError`` names the parameter and buffer, and the
+          optimizer is left unchanged.
+        * A parameter whose saved state is plain AdamW moments
+          (``exp_avg``/``exp_avg_sq`` of the parameter's size, as
+          ``torch.optim.AdamW`` saves) keeps them, with its step count,
+          where its layout stores AdamW moments in float32; where it does
+          not (a projected matrix, whose moments are those of a projected
+          gradient of another shape, or 8/4-bit state), its state starts
+          fresh at step 0, as for a parameter never stepped.
         """
-        if not isinstance(state_dict, dict) or "param_groups" not in state_dict or "state" not in state_dict:
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"not an optimizer state dict: expected a dict, got {type(state_dict).__name__}")
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        groups, state = self._restore(state_dict)
+        self.__setstate__({"state": state, "param_groups": groups})
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _restore(self, state_dict: dict[str, Any]) -> tuple[list[dict], defaultdict]:
+        """The param groups and state a loaded state dict describes, checked
+        whole; raises ValueError and changes nothing on any problem."""
+        if "param_groups" not in state_dict or "state" not in state_dict:
             raise ValueError("not an optimizer state dict: expected a dict with 'state' and 'param_groups'")
-        groups = self.param_groups
         saved_groups = state_dict["param_groups"]
-        if len(groups) != len(saved_groups):
+        if len(self.param_groups) != len(saved_groups):
             raise ValueError(
-                f"loaded state dict has {len(saved_groups)} parameter groups, this optimizer has {len(groups)}"
+                f"loaded state dict has {len(saved_groups)} parameter groups, this optimizer has "
+                f"{len(self.param_groups)}"
             )
-        for gi, (g, sg) in enumerate(zip(groups, saved_groups)):
+        groups = []
+        where_of = {}
+        for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
             if len(g["params"]) != len(sg["params"]):
                 raise ValueError(
                     f"loaded state dict's param group {gi} has {len(sg['params'])} parameters, "
                     f"this optimizer's has {len(g['params'])}"
                 )
-            merged = {k: sg.get(k, v) for k, v in self.defaults.items()}
+            group = {**g, **copy.deepcopy({k: v for k, v in sg.items() if k != "params"}), "params": g["params"]}
             try:
-                _validate_hyperparameters(merged)
+                _validate_group(group)
             except ValueError as e:
                 raise ValueError(f"loaded state dict's param group {gi}: {e}") from None
-
-        where_of = {}
-        for gi, (g, sg) in enumerate(zip(groups, saved_groups)):
-            merged = {k: sg.get(k, v) for k, v in self.defaults.items()}
+            groups.append(group)
             for pi, (pid, p) in enumerate(zip(sg["params"], g["params"])):
-                where_of[pid] = (p, merged, f"parameter {pi} of param group {gi}")
+                where_of[pid] = (p, group, f"parameter {pi} of param group {gi}")
 
-        restored: dict[torch.Tensor, dict[str, Any]] = {}
+        state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
         for pid, saved in state_dict["state"].items():
             if pid not in where_of:
                 raise ValueError(f"loaded state dict has state for parameter id {pid!r}, which no param group lists")
             p, group, where = where_of[pid]
-            if not saved:
-                continue
-            if not isinstance(saved, dict) or _STEP not in saved:
-                raise ValueError(f"{where}: saved state has no 'step'")
-            shape, cfg = self._plan(group, p)
-            layout = self._layout(p, shape, cfg)
-            names = [name for name, *_ in layout]
-            have = sorted(k for k in saved if k != _STEP)
-            if sorted(names) != have:
+            if saved:
+                state[p] = self._restore_param(where, p, group, saved)
+        return groups, state
+
+    def _restore_param(self, where: str, p: torch.Tensor, group: dict, saved: Any) -> dict[str, Any]:
+        if not isinstance(saved, dict) or _STEP not in saved:
+            raise ValueError(f"{where}: saved state has no 'step'")
+        step = _saved_step(where, saved[_STEP])
+        shape, cfg = self._plan(group, p)
+        layout = self._layout(p, shape, cfg)
+        if not _matches(saved, layout) and _is_adamw_state(saved, p):
+            return self._from_adamw(where, p, shape, cfg, layout, saved, step)
+        names = sorted(name for name, *_ in layout)
+        have = sorted(k for k in saved if k != _STEP)
+        if have != names:
+            raise ValueError(
+                f"{where} (shape {tuple(p.shape)}, dtype {p.dtype}): saved state has buffers {have}, "
+                f"but its group's config (rank={group['rank']}, proj_type={group['proj_type']!r}) needs {names}"
+            )
+        st: dict[str, Any] = {}
+        for name, dtype, bshape, _ in layout:
+            t = saved[name]
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{where}: saved state buffer {name!r} is not a tensor")
+            if tuple(t.shape) != bshape:
                 raise ValueError(
-                    f"{where} (shape {tuple(p.shape)}, dtype {p.dtype}): saved state has buffers {have}, "
-                    f"but its group's config (rank={group['rank']}, proj_type={group['proj_type']!r}) needs {names}"
+                    f"{where} (shape {tuple(p.shape)}): saved state buffer {name!r} has shape "
+                    f"{tuple(t.shape)}, want {bshape}; the checkpoint was made for a parameter of "
+                    f"another shape or another rank/proj_type"
                 )
-            st: dict[str, Any] = {}
-            for name, dtype, bshape, _ in layout:
-                t = saved[name]
-                if not isinstance(t, torch.Tensor):
-                    raise ValueError(f"{where}: saved state buffer {name!r} is not a tensor")
-                if tuple(t.shape) != bshape:
-                    raise ValueError(
-                        f"{where} (shape {tuple(p.shape)}): saved state buffer {name!r} has shape "
-                        f"{tuple(t.shape)}, want {bshape}; the checkpoint was made for a parameter of "
-                        f"another shape or another rank/proj_type"
-                    )
-                if t.dtype != dtype:
-                    raise ValueError(f"{where}: saved state buffer {name!r} has dtype {t.dtype}, want {dtype}")
-                st[name] = t.to(device=p.device, copy=True).contiguous()
-            step = saved[_STEP]
-            step = int(step.item()) if isinstance(step, torch.Tensor) else step
-            if not isinstance(step, Integral) or isinstance(step, bool) or step < 0:
-                raise ValueError(f"{where}: saved state has an invalid step {saved[_STEP]!r}")
-            st[_STEP] = int(step)
-            restored[p] = st
+            if t.dtype != dtype:
+                raise ValueError(f"{where}: saved state buffer {name!r} has dtype {t.dtype}, want {dtype}")
+            _check_values(where, name, t)
+            st[name] = t.to(device=p.device, copy=True).contiguous()
+        st[_STEP] = step
+        return st
 
-        # Let torch load the groups (hyperparameters, hooks) with no state, so
-        # it casts nothing; then put the restored state in place. Keys a
-        # saved group lacks (e.g. a torch.optim.AdamW checkpoint) get the
-        # defaults, as add_param_group would give them.
-        groups_in = [{**self.defaults, **sg} for sg in saved_groups]
-        super().load_state_dict({**state_dict, "state": {}, "param_groups": groups_in})
-        for p, st in restored.items():
-            self.state[p] = st
+    def _from_adamw(self, where, p, shape, cfg, layout, saved, step) -> dict[str, Any]:
+        """State for p from plain AdamW moments of its full size: kept where
+        p's layout is float32 AdamW moments, else fresh state at step 0."""
+        for name in ("exp_avg", "exp_avg_sq"):
+            _check_values(where, name, saved[name])
+        plain = [(name, dtype) for name, dtype, _, _ in layout] == [
+            ("exp_avg", torch.float32),
+            ("exp_avg_sq", torch.float32),
+        ]
+        if not (plain and all(math.prod(bshape) == p.numel() for _, _, bshape, _ in layout)):
+            return self._new_state(p, shape, cfg, layout)
+        st: dict[str, Any] = {
+            name: saved[name].to(device=p.device, dtype=torch.float32, copy=True).reshape(bshape).contiguous()
+            for name, _, bshape, _ in layout
+        }
+        st[_STEP] = step
+        return st
 
 
-# ---------------------------------------------------------------- validation
+class _Pending(NamedTuple):
+    """One parameter of a library call, and what to do once it returns."""
+
+    param: torch.Tensor
+    staged: torch.Tensor  # param, or its contiguous copy to write back
+    grad: torch.Tensor
+    shape: tuple[int, ...]
+    cfg: _lib.gnlp_config
+    layout: list
+    state: dict[str, Any]
+    new: bool
+
+
+# ------------------------------------------------------- hyperparameters
+
+
+def _config_of(group: dict[str, Any], projected: bool) -> _lib.gnlp_config:
+    """The library's config for a param group's parameters (projected or
+    not). This translates the Python spellings (rank None, names of
+    proj_type and refresh, tensor lr) and refuses what has no C value; the
+    values themselves are the library's to check (gnlp_check_config)."""
+    beta1, beta2 = _betas(group["betas"])
+    rank = group["rank"]
+    if rank is not None and (not _is_int(rank) or not 1 <= rank <= _INT32_MAX):
+        raise ValueError(f"invalid rank: {rank!r} (must be an int >= 1, or None for plain AdamW)")
+    gap = group["update_proj_gap"]
+    if not _is_int(gap) or not -_INT32_MAX <= gap <= _INT32_MAX:
+        raise ValueError(f"invalid update_proj_gap: {gap!r} (must be an int >= 1)")
+    proj_type = group["proj_type"]
+    if not isinstance(proj_type, str) or proj_type not in _lib.PROJ_TYPES:
+        raise ValueError(
+            f"invalid proj_type: {proj_type!r} (want one of {', '.join(repr(k) for k in _lib.PROJ_TYPES)})"
+        )
+    refresh = group.get("refresh", "svd")
+    if not isinstance(refresh, str) or refresh not in _lib.REFRESH_MODES:
+        raise ValueError(f"invalid refresh: {refresh!r} (want one of {', '.join(repr(k) for k in _lib.REFRESH_MODES)})")
+    if not isinstance(group["correct_bias"], (bool, Integral)):
+        raise ValueError(f"invalid correct_bias: {group['correct_bias']!r} (must be a bool)")
+    bits = group["optim_bits"]
+    if not _is_int(bits) or not -_INT32_MAX <= bits <= _INT32_MAX:
+        raise ValueError(f"invalid optim_bits: {bits!r} (want 32, 8 or 4)")
+    return _lib.make_config(
+        lr=_scalar("lr", group["lr"]),
+        beta1=beta1,
+        beta2=beta2,
+        eps=_scalar("eps", group["eps"]),
+        weight_decay=_scalar("weight_decay", group["weight_decay"]),
+        scale=_scalar("scale", group["scale"]),
+        rank=rank if projected else 0,
+        update_proj_gap=gap,
+        proj_type=_lib.PROJ_TYPES[proj_type],
+        correct_bias=group["correct_bias"],
+        optim_bits=bits,
+        refresh=_lib.REFRESH_MODES[refresh],
+    )
+
+
+def _validate_group(group: dict[str, Any]) -> None:
+    """Raise ValueError naming the first bad hyperparameter of a group."""
+    _lib.check_config(_config_of(group, group["rank"] is not None))
+
+
+def _scalar(name: str, v: Any) -> float:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")  # torch.optim's wording
+        if v.is_complex():
+            raise ValueError(f"invalid {name}: {v!r} (must be a real number)")
+        return float(v.item())
+    if not isinstance(v, Real) or isinstance(v, bool):
+        raise ValueError(f"invalid {name}: {v!r} (must be a real number)")
+    return float(v)
+
+
+def _betas(betas: Any) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"invalid betas: {betas!r} (must be a pair (beta1, beta2))")
+    return _scalar("betas[0]", betas[0]), _scalar("betas[1]", betas[1])
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
 
 
 def group_desc(cfg) -> str:
@@ -447,53 +609,79 @@ def group_desc(cfg) -> str:
     return f"{cfg.rank}, proj_type={names.get(cfg.proj_type, cfg.proj_type)!r}"
 
 
-def _as_float(v) -> float:
-    if isinstance(v, torch.Tensor):
-        return float(v.item())
-    return float(v)
+# ------------------------------------------------------------ checkpoints
 
 
-def _is_real(v) -> bool:
-    if isinstance(v, torch.Tensor):
-        return v.numel() == 1 and not v.is_complex()
-    return isinstance(v, Real) and not isinstance(v, bool)
+def _saved_step(where: str, step: Any) -> int:
+    value = step
+    if isinstance(step, torch.Tensor):
+        value = step.item() if step.numel() == 1 else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # torch.optim saves step as a float tensor
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{where}: saved state has an invalid step {step!r} (want an int >= 0)")
+    return int(value)
 
 
-# gnlp_config.refresh values.
-REFRESH_MODES = {"svd": 0, "subspace": 1}
+def _matches(saved: dict, layout: list) -> bool:
+    """Whether saved has exactly the buffers of layout, with their shapes and dtypes."""
+    if set(saved) - {_STEP} != {name for name, *_ in layout}:
+        return False
+    return all(
+        isinstance(saved[name], torch.Tensor) and saved[name].dtype == dtype and tuple(saved[name].shape) == bshape
+        for name, dtype, bshape, _ in layout
+    )
 
 
-def _validate_hyperparameters(h: dict[str, Any]) -> None:
-    """Raise ValueError naming the first bad hyperparameter."""
-    for name in ("lr", "eps", "weight_decay"):
-        v = h[name]
-        if not _is_real(v) or not math.isfinite(_as_float(v)) or _as_float(v) < 0:
-            raise ValueError(f"invalid {name}: {v!r} (must be a finite number >= 0)")
-    betas = h["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"invalid betas: {betas!r} (must be a pair (beta1, beta2))")
-    for i, b in enumerate(betas):
-        if not _is_real(b) or not (0.0 <= _as_float(b) < 1.0):
-            raise ValueError(f"invalid beta parameter at index {i}: {b!r} (must be in [0, 1))")
-    rank = h["rank"]
-    if rank is not None and (not isinstance(rank, Integral) or isinstance(rank, bool) or rank < 1):
-        raise ValueError(f"invalid rank: {rank!r} (must be an int >= 1, or None for plain AdamW)")
-    if rank is not None and rank > 2**31 - 1:
-        raise ValueError(f"invalid rank: {rank!r} (too large)")
-    gap = h["update_proj_gap"]
-    if not isinstance(gap, Integral) or isinstance(gap, bool) or not (1 <= gap <= 2**31 - 1):
-        raise ValueError(f"invalid update_proj_gap: {gap!r} (must be an int >= 1)")
-    scale = h["scale"]
-    if not _is_real(scale) or not math.isfinite(_as_float(scale)):
-        raise ValueError(f"invalid scale: {scale!r} (must be a finite number)")
-    pt = h["proj_type"]
-    if not isinstance(pt, str) or pt not in _lib.PROJ_TYPES:
-        raise ValueError(f"invalid proj_type: {pt!r} (want one of {', '.join(repr(k) for k in _lib.PROJ_TYPES)})")
-    if not isinstance(h["correct_bias"], (bool, Integral)):
-        raise ValueError(f"invalid correct_bias: {h['correct_bias']!r} (must be a bool)")
-    refresh = h.get("refresh", "svd")
-    if not isinstance(refresh, str) or refresh not in REFRESH_MODES:
-        raise ValueError(f"invalid refresh: {refresh!r} (want one of {', '.join(repr(k) for k in REFRESH_MODES)})")
-    bits = h["optim_bits"]
-    if isinstance(bits, bool) or bits not in (32, 8, 4):
-        raise ValueError(f"invalid optim_bits: {bits!r} (want 32, 8 or 4)")
+def _is_adamw_state(saved: dict, p: torch.Tensor) -> bool:
+    """Whether saved is torch.optim.AdamW's state of p: floating exp_avg and
+    exp_avg_sq of p's size (and maybe max_exp_avg_sq of amsgrad)."""
+    have = set(saved) - {_STEP, "max_exp_avg_sq"}
+    return have == {"exp_avg", "exp_avg_sq"} and all(
+        isinstance(saved[k], torch.Tensor) and saved[k].is_floating_point() and saved[k].numel() == p.numel()
+        for k in have
+    )
+
+
+# State buffers whose values cannot be negative: second moments, the row
+# norms of the direction, and each block's absmax.
+_NON_NEGATIVE = ("exp_avg_sq", "magnitude_exp_avg_sq", "direction_norm")
+
+
+def _check_values(where: str, name: str, t: torch.Tensor) -> None:
+    """Refuse a loaded buffer holding values the optimizer cannot produce:
+    NaN/Inf anywhere, negative second moments, norms or absmax."""
+    if not t.is_floating_point():
+        return  # uint8 codes: every byte is a valid code
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"{where}: saved state buffer {name!r} holds {bad} non-finite value(s) (NaN or Inf); "
+            f"the checkpoint is corrupt or was saved after a diverged step"
+        )
+    if (name in _NON_NEGATIVE or name.endswith("_absmax")) and bool((t < 0).any()):
+        raise ValueError(
+            f"{where}: saved state buffer {name!r} holds {int((t < 0).sum())} negative value(s), "
+            f"which it cannot hold (second moments, norms and absmax are >= 0); the checkpoint is corrupt"
+        )
+
+
+# ------------------------------------------------------------------ threads
+
+_threads_lock = threading.Lock()
+_threads_applied: int | None = None
+
+
+def _follow_torch_threads() -> None:
+    """Size the library's worker pool as torch's intra-op pool
+    (torch.set_num_threads, OMP_NUM_THREADS), unless $GNLP_NUM_THREADS
+    fixes it; the library is only called when the count changed."""
+    global _threads_applied
+    if os.environ.get(THREADS_ENV):
+        return
+    n = torch.get_num_threads()
+    if n == _threads_applied:
+        return
+    with _threads_lock:
+        _lib.set_num_threads(n)
+        _threads_applied = n

@@ -53,7 +53,7 @@ class Oracle(torch.optim.Optimizer):
         weight_decay=1e-2,
         rank=None,
         update_proj_gap=200,
-        scale=1.0,
+        scale=0.25,  # GradNormLoRP's default
         proj_type="std",
         correct_bias=True,
         compute_dtype=torch.float32,
