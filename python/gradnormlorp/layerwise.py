@@ -5,10 +5,13 @@ a 24 GB card."""
 from __future__ import annotations
 
 import contextlib
+import warnings
+import weakref
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .optimizer import GradNormLoRP
 
@@ -44,7 +47,8 @@ class LayerwiseGradNormLoRP(GradNormLoRP):
     Until the last micro-batch the full gradients are kept, so accumulation
     saves no gradient memory.
 
-    * :meth:`step` updates nothing, because the hooks already did. It runs
+    * :meth:`step` updates nothing the hooks update, because they already
+      did. It runs
       the closure if one is given (its ``backward()`` updates) and returns its
       loss. It stays callable so training loops and LR schedulers (which warn
       if ``step()`` is never called) work unchanged. ``zero_grad()`` is
@@ -61,26 +65,82 @@ class LayerwiseGradNormLoRP(GradNormLoRP):
     * A non-finite gradient raises :class:`GradNormLoRPError` out of
       ``backward()``. That parameter is left unchanged, but the parameters
       whose gradients came earlier in that pass are already updated.
-    * Parameters that do not require grad when they are added get no hook
-      and are never updated. Call :meth:`remove_hooks` before handing the
-      parameters to another optimizer.
+    * A parameter that does not require grad when it is added gets its hook
+      once it does: the next :meth:`step` hooks it and updates it on the
+      gradient its last backward left in ``.grad``; from then on backward
+      updates it.
+    * A parameter is driven by one layer-wise optimizer at a time (the first
+      hook frees the gradient, so a second would never update it): a newer
+      layer-wise optimizer on the same parameter takes it over, with a
+      warning, and the older one no longer updates it (as when a notebook
+      cell that builds the optimizer runs again). Call :meth:`remove_hooks`
+      before handing the parameters to another kind of optimizer.
+    * A ``copy.deepcopy`` (or an unpickled copy) hooks the copied parameters.
     """
 
     def __init__(self, params, *args: Any, **kwargs: Any):
         _refuse_distributed()
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._init_hooks()
+        try:
+            super().__init__(params, *args, **kwargs)
+        except BaseException:
+            self.remove_hooks()  # a half-built optimizer must not keep stepping the groups it took
+            raise
+
+    def _init_hooks(self) -> None:
+        self._hooks: dict[tuple[int, int], torch.utils.hooks.RemovableHandle] = {}
+        self._released: set[tuple[int, int]] = set()  # positions another optimizer took over
         self._accumulating = False
-        super().__init__(params, *args, **kwargs)
+        self._detached = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fresh = "_hooks" not in self.__dict__  # unpickled or deep-copied, not load_state_dict
+        super().__setstate__(state)
+        if fresh:
+            self._init_hooks()
+            self._hook_new_params()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        gi = len(self.param_groups) - 1
-        for pi, p in enumerate(self.param_groups[gi]["params"]):
-            if p.requires_grad:
+        self._hook_new_params()
+
+    def _hook_new_params(self) -> list[tuple[int, int]]:
+        """Hook every parameter that requires grad and has no hook yet (nor
+        was taken over by another layer-wise optimizer); return the
+        positions hooked."""
+        added, taken = [], 0
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if (gi, pi) in self._hooks or (gi, pi) in self._released or not p.requires_grad:
+                    continue
+                previous = _OWNERS.get(p, _dead)()
+                if previous is not None and previous is not self:
+                    previous._release(p)
+                    taken += 1
+                _OWNERS[p] = weakref.ref(self)
                 # Positions, not the group dict: load_state_dict replaces the dicts.
-                self._hooks.append(p.register_post_accumulate_grad_hook(self._hook(gi, pi)))
+                self._hooks[(gi, pi)] = p.register_post_accumulate_grad_hook(self._hook(gi, pi))
+                added.append((gi, pi))
+        if taken:
+            warnings.warn(
+                f"LayerwiseGradNormLoRP took over {taken} parameter(s) from another LayerwiseGradNormLoRP, "
+                f"which no longer updates them (the first hook frees the gradient, so only one can)",
+                stacklevel=3,
+            )
+        return added
+
+    def _release(self, p: torch.Tensor) -> None:
+        """Another layer-wise optimizer took p over: stop updating it, for good."""
+        for gi, group in enumerate(self.param_groups):
+            for pi, q in enumerate(group["params"]):
+                if q is p:
+                    handle = self._hooks.pop((gi, pi), None)
+                    if handle is not None:
+                        handle.remove()
+                    self._released.add((gi, pi))
 
     def _hook(self, gi: int, pi: int) -> Callable[[torch.Tensor], None]:
+        # The hook holds the optimizer: one built and not kept still trains.
         @torch.no_grad()
         def grad_ready(p: torch.Tensor) -> None:
             if self._accumulating:
@@ -103,21 +163,45 @@ class LayerwiseGradNormLoRP(GradNormLoRP):
         finally:
             self._accumulating = previous
 
+    @torch._disable_dynamo
     def step(self, closure: Callable[[], Any] | None = None):
-        """Update nothing (the hooks update the parameters during backward).
-        If ``closure`` is given, call it with gradients enabled and return
-        its loss."""
-        if closure is None:
-            return None
-        with torch.enable_grad():
-            return closure()
+        """Update nothing the hooks update (they did during backward). If
+        ``closure`` is given, call it with gradients enabled and return its
+        loss. Parameters that started requiring grad after they were added
+        are hooked here, and updated on the gradient they hold."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self._detached and not self._accumulating:
+            added = self._hook_new_params()
+            if added:
+                with torch.no_grad():
+                    self._step_params(added)
+                    for gi, pi in added:
+                        self.param_groups[gi]["params"][pi].grad = None
+        return loss
 
     def remove_hooks(self) -> None:
         """Detach from the parameters: afterwards ``backward()`` leaves their
-        gradients in ``.grad`` and updates nothing."""
-        for handle in self._hooks:
+        gradients in ``.grad`` and updates nothing, and :meth:`step` hooks
+        nothing."""
+        for handle in self._hooks.values():
             handle.remove()
         self._hooks.clear()
+        self._detached = True
+        for group in getattr(self, "param_groups", []):  # none yet if construction failed early
+            for p in group["params"]:
+                if _OWNERS.get(p, _dead)() is self:
+                    del _OWNERS[p]
+
+
+# A weak reference to the layer-wise optimizer whose hook drives each parameter.
+_OWNERS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _dead() -> None:
+    return None
 
 
 def _refuse_distributed() -> None:
