@@ -40,9 +40,12 @@ func inspect(c lib.Ctensor, param string, ofGrad bool, dims *[2]int64) (view, er
 	}
 	// libtch reads at_device's C int as a Go int: only the low 32 bits
 	// are the device (-1: CPU).
-	if dev := int32(lib.AtDevice(c)); dev != -1 {
+	switch dev := int32(lib.AtDevice(c)); {
+	case dev >= 0:
 		return view{}, core.Errorf(core.CodeDevice,
 			"%s is on CUDA device %d: the gotch front end steps CPU tensors only (CUDA is not yet supported here; the C ABI and the Python package do step CUDA tensors)", what(), dev)
+	case dev != -1:
+		return view{}, core.Errorf(core.CodeDevice, "%s is on a device that is neither the CPU nor CUDA: the gotch front end steps CPU tensors only", what())
 	}
 	ndim := int(lib.AtDim(c))
 	if ndim != 1 && ndim != 2 {
@@ -50,9 +53,10 @@ func inspect(c lib.Ctensor, param string, ofGrad bool, dims *[2]int64) (view, er
 	}
 	lib.AtShape(c, unsafe.Pointer(&dims[0]))
 	v := view{ndim: ndim, dims: *dims}
-	dt, ok := coreDType(gotch.CKind2DType(lib.AtScalarType(c)))
+	gdt := gotch.CKind2DType(lib.AtScalarType(c))
+	dt, ok := coreDType(gdt)
 	if !ok {
-		return view{}, core.Errorf(core.CodeDType, "%s has dtype %v: supported are float32, bfloat16 and float16", what(), gotch.CKind2DType(lib.AtScalarType(c)))
+		return view{}, core.Errorf(core.CodeDType, "%s has dtype %v: supported are float32, bfloat16 and float16", what(), gdt)
 	}
 	v.dtype = dt
 	if !lib.AtIsContiguous(c) {
