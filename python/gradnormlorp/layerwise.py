@@ -125,7 +125,7 @@ class LayerwiseGradNormLoRP(GradNormLoRP):
             warnings.warn(
                 f"LayerwiseGradNormLoRP took over {taken} parameter(s) from another LayerwiseGradNormLoRP, "
                 f"which no longer updates them (the first hook frees the gradient, so only one can)",
-                stacklevel=3,
+                stacklevel=6,  # the caller of LayerwiseGradNormLoRP(...), through torch's __init__
             )
         return added
 
