@@ -164,7 +164,7 @@ demo: venv | check-go
 # in a temporary folder, so a file missing from MANIFEST.in fails here. The
 # Go library is linked against glibc 2.17 by zig (scripts/zigcc); the CUDA
 # backend, built where nvcc is found, finds cuBLAS/cuSOLVER/cudart in torch's
-# NVIDIA wheels (GRADNORMLORP_PORTABLE=1, see setup.py). auditwheel retags
+# NVIDIA wheels (GNLP_PORTABLE=1, see setup.py). auditwheel retags
 # the wheel manylinux and leaves those libraries to torch's wheels.
 WHEEL_STAMP := $(VENV)/.wheel-requirements-stamp
 WHEEL_BUILD := build/wheel
@@ -184,7 +184,7 @@ sdist: $(WHEEL_STAMP)
 
 wheel: $(WHEEL_STAMP) | check-go
 	rm -rf $(WHEEL_BUILD) python/gradnormlorp.egg-info dist/gradnormlorp-$(PKG_VERSION)-*.whl
-	$(WHEEL_ENV) CC="$(CURDIR)/scripts/zigcc" GNLP_ZIG_PYTHON="$(abspath $(VPY))" GRADNORMLORP_PORTABLE=1 \
+	$(WHEEL_ENV) CC="$(CURDIR)/scripts/zigcc" GNLP_ZIG_PYTHON="$(abspath $(VPY))" GNLP_PORTABLE=1 \
 	  $(VPY) -m build --no-isolation --outdir $(WHEEL_BUILD) .
 	$(WHEEL_ENV) $(VPY) -m auditwheel repair $(foreach l,$(NVIDIA_LIBS),--exclude '$(l)') -w dist $(WHEEL_BUILD)/*.whl
 	cp $(WHEEL_BUILD)/*.tar.gz dist/

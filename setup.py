@@ -10,10 +10,10 @@ Needs a Go toolchain (>= the version in go.mod) and a C compiler for cgo on
 PATH; set ``GO=/path/to/go`` to pick a specific Go.
 
 The CUDA backend (``libgnlp_cuda.so``, built by ``cuda/build.sh`` with nvcc)
-is added next to the library when nvcc can be found; ``GRADNORMLORP_CUDA=0``
-skips it and ``GRADNORMLORP_CUDA=1`` makes a failed CUDA build an error.
+is added next to the library when nvcc can be found; ``GNLP_CUDA=0``
+skips it and ``GNLP_CUDA=1`` makes a failed CUDA build an error.
 
-``GRADNORMLORP_PORTABLE=1`` (set by ``make wheel``) builds for a wheel that
+``GNLP_PORTABLE=1`` (set by ``make wheel``) builds for a wheel that
 is installed elsewhere: the CUDA backend then finds cuBLAS, cuSOLVER and
 cudart in NVIDIA's PyPI wheels next to the package (torch's), through an
 rpath relative to itself instead of the build machine's paths. It needs
@@ -47,8 +47,9 @@ PKG = "gradnormlorp"
 PKG_SRC = os.path.join("python", PKG)
 LIB_NAME = "libgradnormlorp.so"
 CUDA_LIB_NAME = "libgnlp_cuda.so"  # the optional CUDA backend, found next to LIB_NAME
-CUDA_ENV = "GRADNORMLORP_CUDA"  # auto (default): build if nvcc is found; 1: must build; 0: skip
-PORTABLE_ENV = "GRADNORMLORP_PORTABLE"  # 1: rpaths for a wheel (see the docstring)
+CUDA_ENV = "GNLP_CUDA"  # auto (default): build if nvcc is found; 1: must build; 0: skip
+CUDA_ENV_DEPRECATED = "GRADNORMLORP_CUDA"  # its former name, still read
+PORTABLE_ENV = "GNLP_PORTABLE"  # 1: rpaths for a wheel (see the docstring)
 VERSION_FILE = os.path.join("capi", "VERSION")
 
 
@@ -123,8 +124,11 @@ def build_go_library(target):
 def build_cuda_library(target):
     """cuda/build.sh: the CUDA backend (libgnlp_cuda.so), loaded at run time
     by libgradnormlorp.so when a parameter lives on a GPU. Optional unless
-    GRADNORMLORP_CUDA=1: without nvcc the package is CPU-only."""
-    mode = os.environ.get(CUDA_ENV, "auto").strip().lower()
+    GNLP_CUDA=1: without nvcc the package is CPU-only."""
+    mode = os.environ.get(CUDA_ENV) or os.environ.get(CUDA_ENV_DEPRECATED)
+    if mode and not os.environ.get(CUDA_ENV):
+        print(f"gradnormlorp: warning: ${CUDA_ENV_DEPRECATED} is deprecated, set ${CUDA_ENV} instead", flush=True)
+    mode = (mode or "auto").strip().lower()
     if mode in ("0", "off", "no", "false"):
         print(f"gradnormlorp: {CUDA_ENV}={mode}: not building the CUDA backend", flush=True)
         return

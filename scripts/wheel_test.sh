@@ -71,12 +71,11 @@ run python -m pip install -q --no-index --disable-pip-version-check "$wheel"
 
 echo ">> gradnormlorp info"
 run gradnormlorp info
-has_cuda=0
-if unzip -l "$wheel" | grep -q 'gradnormlorp/libgnlp_cuda\.so$'; then has_cuda=1; fi
-run python - "$venv_site" "$has_cuda" <<'EOF'
-import json, os, subprocess, sys
+run python - "$venv_site" "$wheel" <<'EOF'
+import json, os, subprocess, sys, zipfile
 
-venv_site, has_cuda = sys.argv[1], sys.argv[2] == "1"
+venv_site, wheel = sys.argv[1:]
+has_cuda = "gradnormlorp/libgnlp_cuda.so" in zipfile.ZipFile(wheel).namelist()
 info = json.loads(subprocess.run(["gradnormlorp", "info", "--json"], check=True, capture_output=True, text=True).stdout)
 pkg = os.path.join(venv_site, "gradnormlorp")
 assert info["package"] == pkg, f"gradnormlorp imported from {info['package']}, not the wheel's {pkg}"
@@ -105,7 +104,7 @@ x = torch.randn(256, 32)
 y = x @ torch.randn(32, 8)
 weights = [m.weight for m in model if isinstance(m, torch.nn.Linear)]
 others = [p for p in model.parameters() if all(p is not w for w in weights)]
-opt = GradNormLoRP([{"params": weights, "rank": 4, "update_proj_gap": 10}, {"params": others}], lr=1e-2)
+opt = GradNormLoRP([{"params": weights, "rank": 4, "update_proj_gap": 10}, {"params": others}], lr=3e-2)
 losses = []
 for _ in range(60):
     loss = torch.nn.functional.mse_loss(model(x), y)

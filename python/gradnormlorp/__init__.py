@@ -6,7 +6,7 @@ projected Adam) for PyTorch, backed by a Go/CUDA library.
     opt = GradNormLoRP(groups, lr=1e-3, weight_decay=0.0)
 
 The shared library (libgradnormlorp.so next to this file, or
-$GRADNORMLORP_LIBRARY) is loaded at import, where it exists, to check that
+$GNLP_LIBRARY) is loaded at import, where it exists, to check that
 its version (gnlp_version) is this package's; a missing library is reported
 when the first optimizer is created.
 

@@ -16,13 +16,17 @@ import os
 import sys
 from typing import Callable, Sequence
 
-CUDA_LIBRARY_ENV = "GRADNORMLORP_CUDA_LIBRARY"  # as cuda/loader.go reads it
+# As cuda/loader.go reads them: the variable, then its former name.
+CUDA_LIBRARY_ENVS = ("GNLP_CUDA_LIBRARY", "GRADNORMLORP_CUDA_LIBRARY")
 CUDA_LIBRARY_NAME = "libgnlp_cuda.so"
 
 
 def cuda_backend_path(library_path: str) -> str:
     """Where libgradnormlorp.so looks for the CUDA backend first (cuda/loader.go)."""
-    return os.environ.get(CUDA_LIBRARY_ENV) or os.path.join(os.path.dirname(library_path), CUDA_LIBRARY_NAME)
+    for name in CUDA_LIBRARY_ENVS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return os.path.join(os.path.dirname(library_path), CUDA_LIBRARY_NAME)
 
 
 def cuda_backend(library_path: str) -> dict:

@@ -32,7 +32,7 @@ def read_version() -> str:
 
 
 def check_library_version(version: str) -> None:
-    """ImportError if the library next to the package (or $GRADNORMLORP_LIBRARY)
+    """ImportError if the library next to the package (or $GNLP_LIBRARY)
     reports another version than the package's. A library that is not there
     yet is not checked here: the first optimizer reports how to build it."""
     path = _lib.library_path()

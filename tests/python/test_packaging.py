@@ -129,7 +129,7 @@ def test_a_failed_go_build_reports_gos_error_first(sdist, tmp_path):
     shutil.copytree(src, broken)
     os.remove(broken / "core" / "cpu" / "elem_amd64.s")
     code = "import sys, setuptools.build_meta as b; b.build_wheel(sys.argv[1])"
-    env = dict(os.environ, GRADNORMLORP_CUDA="0", GOARCH="amd64")
+    env = dict(os.environ, GNLP_CUDA="0", GOARCH="amd64")
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], cwd=broken, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode != 0
