@@ -99,6 +99,10 @@ def _problem(p, projected: bool) -> str | None:
     return not_a_whole_matrix(p) if projected else _dtensor_problem(p)
 
 
+def _where(pi: int, name: str | None, group: str) -> str:
+    return f"parameter {pi}{f' ({name!r})' if name else ''} of {group}"
+
+
 def _refuse(where: str, problem: str, projected: bool) -> GradNormLoRPError:
     why = (
         "Its param group is projected (rank is set), and a projected matrix must be the model's whole "
@@ -140,11 +144,13 @@ def check_param_group(opt, param_group: dict[str, Any], merged: dict[str, Any]) 
     elif not isinstance(params, list):
         params = param_group["params"] = list(params)
     index = len(opt.param_groups)
+    names = [p[0] if isinstance(p, tuple) else None for p in params]  # named parameters: (name, tensor)
+    params = [p[1] if isinstance(p, tuple) else p for p in params]
     projected = merged["rank"] is not None
     for pi, p in enumerate(params):
         problem = _problem(p, projected)
         if problem:
-            raise _refuse(f"parameter {pi} of the param group being added (group {index})", problem, projected)
+            raise _refuse(_where(pi, names[pi], f"the param group being added (group {index})"), problem, projected)
     matrices = [(p, tuple(p.shape)) for p in params if projected and isinstance(p, torch.Tensor) and p.dim() == 2]
     _given(opt)[index] = matrices
     if not projected:
@@ -182,10 +188,11 @@ def check_first_step(opt) -> None:
         return
     for gi, group in enumerate(opt.param_groups):
         projected = group["rank"] is not None
+        names = group.get("param_names") or [None] * len(group["params"])
         for pi, p in enumerate(group["params"]):
             problem = _problem(p, projected)
             if problem:
-                raise _refuse(f"parameter {pi} of param group {gi}", problem, projected)
+                raise _refuse(_where(pi, names[pi], f"param group {gi}"), problem, projected)
         if projected:
             _check_unchanged(gi, group, _given(opt).get(gi, []))
     _check_some_gradient(opt)
