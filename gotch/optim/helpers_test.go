@@ -15,9 +15,9 @@ import (
 // thread, and gotch's ts.NoGrad (used by nn's initialisers) switches it off
 // and on again, on another thread if the goroutine moved in between, which
 // leaves a thread with autograd off for whoever runs there next.
-func pinThread(t *testing.T) {
+func pinThread(tb testing.TB) {
 	runtime.LockOSThread()
-	t.Cleanup(runtime.UnlockOSThread)
+	tb.Cleanup(runtime.UnlockOSThread)
 }
 
 // leaf makes a trainable CPU tensor of dtype with values drawn from rng.
@@ -40,8 +40,8 @@ func leaf(rng *rand.Rand, dtype gotch.DType, dims ...int64) *ts.Tensor {
 
 // backward sets each parameter's gradient to draws from rng, through
 // autograd: loss = sum_i sum(p_i * c_i), so grad p_i = c_i.
-func backward(t *testing.T, rng *rand.Rand, params []*ts.Tensor) {
-	t.Helper()
+func backward(tb testing.TB, rng *rand.Rand, params []*ts.Tensor) {
+	tb.Helper()
 	var loss *ts.Tensor
 	for _, p := range params {
 		c := leaf(rng, p.DType(), p.MustSize()...)
