@@ -213,7 +213,7 @@ GOTCH_ENV = cd gotch && GOWORK=off GOFLAGS=-trimpath OMP_WAIT_POLICY=passive CGO
   CGO_CXXFLAGS="-I$(LIBTORCH)/include -I$(LIBTORCH)/include/torch/csrc/api/include" \
   CGO_LDFLAGS="-L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib"
 
-.PHONY: libtorch gotch-fork gotch-test gotch-demo
+.PHONY: libtorch gotch-fork gotch-test gotch-bench gotch-demo
 
 libtorch:
 	PYTHON=$(PYTHON) bash gotch/scripts/libtorch.sh $(GOTCH_CACHE)
@@ -228,6 +228,10 @@ gotch-test: libtorch gotch-fork
 	$(GOTCH_ENV) $(GO) test ./...
 	@echo ">> gotch/: go test under GC pressure (GOGC=1: gotch frees tensors from finalizers)"
 	$(GOTCH_ENV) GOGC=1 $(GO) test -count=1 ./optim/
+
+# The front end's step against core's on Go copies of the same tensors.
+gotch-bench: libtorch gotch-fork
+	$(GOTCH_ENV) $(GO) test -run '^$$' -bench . -benchtime 200x ./optim/
 
 gotch-demo: libtorch gotch-fork
 	$(GOTCH_ENV) $(GO) run ./cmd/demo -corpus "$(abspath $(GOTCH_CORPUS))" $(GOTCH_DEMO_ARGS)
