@@ -291,6 +291,18 @@ func (o *Optimizer) freeGrads() {
 	o.grads = o.grads[:0]
 }
 
+// BackwardStep zeroes the gradients, backpropagates loss and steps, as
+// gotch's nn.Optimizer.BackwardStep does.
+func (o *Optimizer) BackwardStep(loss *ts.Tensor) error {
+	if err := o.ZeroGrad(); err != nil {
+		return err
+	}
+	if err := loss.Backward(); err != nil {
+		return core.Errorf(core.CodeInvalidArgument, "backward: %v", libtorchMessage(err))
+	}
+	return o.Step()
+}
+
 // ZeroGrad sets every defined gradient to zero in place: the next
 // backward accumulates into the same memory.
 func (o *Optimizer) ZeroGrad() error {

@@ -236,3 +236,39 @@ func TestStepAllocatesNothing(t *testing.T) {
 	})
 	require.Zero(t, allocs)
 }
+
+// BackwardStep is ZeroGrad, backward and Step: two optimizers over equal
+// parameters, one driven each way, stay bit-identical.
+func TestBackwardStep(t *testing.T) {
+	pinThread(t)
+	cfg := DefaultConfig()
+	cfg.Rank, cfg.UpdateProjGap = 3, 2
+	build := func() ([]*ts.Tensor, *Optimizer) {
+		rng := rand.New(rand.NewPCG(41, 42))
+		params := []*ts.Tensor{leaf(rng, gotch.Float, 9, 7), leaf(rng, gotch.Float, 7)}
+		opt, err := New(Group{Params: params, Config: cfg})
+		require.NoError(t, err)
+		return params, opt
+	}
+	manual, optManual := build()
+	driven, optDriven := build()
+	coefs := rand.New(rand.NewPCG(43, 44))
+	for range 3 {
+		c := []*ts.Tensor{leaf(coefs, gotch.Float, 9, 7), leaf(coefs, gotch.Float, 7)}
+		loss := func(params []*ts.Tensor) *ts.Tensor {
+			return params[0].MustMul(c[0], false).MustSum(gotch.Float, true).MustAdd(params[1].MustMul(c[1], false).MustSum(gotch.Float, true), true)
+		}
+		require.NoError(t, optManual.ZeroGrad())
+		loss(manual).MustBackward()
+		require.NoError(t, optManual.Step())
+		require.NoError(t, optDriven.BackwardStep(loss(driven)))
+	}
+	for i := range manual {
+		require.Equal(t, memory(manual[i]), memory(driven[i]))
+	}
+	initial, _ := build()
+	require.NotEqual(t, memory(initial[0]), memory(driven[0]), "the parameters moved")
+
+	noGraph := ts.MustOnes([]int64{1}, gotch.Float, gotch.CPU)
+	requireCode(t, optDriven.BackwardStep(noGraph), core.CodeInvalidArgument, "backward: libtorch: element 0 of tensors does not require grad")
+}

@@ -115,7 +115,12 @@ func libtorchError() error {
 	if err == nil {
 		return nil
 	}
+	return errors.New(libtorchMessage(err))
+}
+
+// libtorchMessage is the first line of a ts.TorchErr error.
+func libtorchMessage(err error) string {
 	msg := strings.TrimPrefix(err.Error(), "Libtorch API Error: ")
 	msg, _, _ = strings.Cut(msg, "\n")
-	return errors.New("libtorch: " + msg)
+	return "libtorch: " + msg
 }

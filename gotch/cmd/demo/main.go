@@ -125,17 +125,13 @@ func train1(o options, train, eval []byte, lowRank bool) (result, error) {
 		}
 		x, y := batch(train, rng, o.batch, o.ctx)
 		loss := m.loss(x, y)
-		loss.MustBackward()
 		trainSum += loss.MustFloat64Value([]int64{})
 		trainN++
+		if err := opt.BackwardStep(loss); err != nil {
+			return result{}, err
+		}
 		for _, t := range []*ts.Tensor{loss, x, y} {
 			t.MustDrop()
-		}
-		if err := opt.Step(); err != nil {
-			return result{}, err
-		}
-		if err := opt.ZeroGrad(); err != nil {
-			return result{}, err
 		}
 		if step%every == 0 || step == o.steps {
 			res.eval = m.evalLoss(evalSet)
