@@ -6,6 +6,10 @@
 #   make demo    pip install . into .venv and train a tiny LLaMA for ~2 min
 #                (pass options with DEMO_ARGS="--steps 100 --threads 2")
 #   make ctest   the C ABI test alone
+#   make lint    go vet + staticcheck + ruff (run by make test)
+#   make abi     regenerate the header's mirrors (internal/abigen);
+#                make abi-check fails if one is stale (run by make test)
+#   make fuzz    fuzz the C ABI for FUZZTIME (default 5m; FUZZTIME=30s)
 #   make cuda    build the optional CUDA backend (nvcc) next to the library
 #   make nvcc    install NVIDIA's compiler wheels matching torch's CUDA into
 #                .venv, for `make cuda` on a machine without a CUDA toolkit
@@ -106,7 +110,7 @@ nvcc: venv
 	$(VPY) -m pip install -q --no-deps "nvidia-cuda-nvcc$$cu$$pin" "nvidia-cuda-crt$$cu$$pin" "nvidia-nvvm$$cu$$pin"
 
 # ---------------------------------------------------------------- tests
-test: venv lib vet gotest ctest pytest
+test: venv lib lint abi-check gotest fuzz-corpus ctest pytest
 	@echo ">> make test: all suites passed"
 
 vet: | check-go
@@ -243,3 +247,43 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------- lint, ABI mirrors, fuzz
+# staticcheck is pinned (honnef.co/go/tools v0.8.2 = staticcheck 2025.1.x for
+# Go 1.26) and installed with `go install` on first use; ruff is pinned in
+# requirements-dev.txt, with its rules in ruff.toml.
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(shell $(GO) env GOPATH 2>/dev/null)/bin/staticcheck
+RUFF := $(VENV)/bin/ruff
+FUZZTIME ?= 5m
+
+.PHONY: lint abi abi-check fuzz fuzz-corpus
+
+$(STATICCHECK): | check-go
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: venv $(STATICCHECK) | check-go
+	@echo ">> go vet ./... (and the fuzz harness, -tags gnlpfuzz)"
+	$(GO) vet ./...
+	$(GO) vet -tags gnlpfuzz ./capi
+	@echo ">> staticcheck ./..."
+	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags gnlpfuzz ./capi
+	@echo ">> ruff check python tests bench"
+	$(RUFF) check python tests bench
+
+abi: | check-go
+	$(GO) run ./internal/abigen
+
+abi-check: | check-go
+	@echo ">> mirrors of include/gradnormlorp.h are current"
+	$(GO) run ./internal/abigen -check
+
+# Replays the fuzz corpus (seeds and saved crashers) as ordinary tests.
+fuzz-corpus: | check-go
+	@echo ">> C ABI fuzz corpus"
+	$(GO) test -tags gnlpfuzz -run FuzzABI ./capi
+
+fuzz: | check-go
+	@echo ">> fuzzing the C ABI for $(FUZZTIME) (a failing input lands in capi/testdata/fuzz/FuzzABI)"
+	$(GO) test -tags gnlpfuzz -run '^$$' -fuzz FuzzABI -fuzztime $(FUZZTIME) -parallel 1 ./capi
