@@ -2,7 +2,7 @@
 #
 #   make lib     build build/libgradnormlorp.so (Go, c-shared) and copy it
 #                into python/gradnormlorp/ so the in-tree package finds it
-#   make test    go vet + go test + the C ABI test + pytest tests/python
+#   make test    lint + ABI mirror check + go test + the C ABI test + pytest
 #   make demo    pip install . into .venv and train a tiny LLaMA for ~2 min
 #                (pass options with DEMO_ARGS="--steps 100 --threads 2")
 #   make ctest   the C ABI test alone
