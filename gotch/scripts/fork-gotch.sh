@@ -32,7 +32,7 @@ rm -f "$dest/libtch/lib.go" # a hard link into the read-only module cache
 cat > "$dest/libtch/lib.go" <<'GO'
 // CPU-only fork made by gradnormlorp's gotch/scripts/fork-gotch.sh. The
 // torch wheel's libtorch uses the pre-C++11 ABI; -O1 -g0 compiles the
-// generated wrapper in a third of the time of upstream's -O3 -g.
+// generated wrapper in less than half the time of upstream's -O3 -g.
 
 package libtch
 

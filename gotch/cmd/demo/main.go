@@ -94,7 +94,7 @@ func train1(o options, train, eval []byte, lowRank bool) (result, error) {
 	m := newMLP(vs, rand.New(rand.NewPCG(o.seed, 1)), o.ctx, o.dim, o.hidden)
 	cfg := optim.DefaultConfig()
 	cfg.WeightDecay = 0
-	name := "AdamW"
+	name := "AdamW (this optimizer with rank 0 everywhere)"
 	if lowRank {
 		cfg.Rank, cfg.UpdateProjGap, cfg.Scale = o.rank, o.gap, o.scale
 		name = fmt.Sprintf("GradNormLoRP (rank %d on fc1, fc2; AdamW on the rest)", o.rank)

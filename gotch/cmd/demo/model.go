@@ -20,7 +20,7 @@ type mlp struct {
 
 // newMLP adds the model's variables to vs with PyTorch's default init
 // (nn.Embedding: N(0, 1); nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
-// weight and bias), drawn from rng: gotch's own Linear init is N(0, 1).
+// weight and bias), drawn from rng: gotch's own Linear init gives weights of RMS ~1.
 func newMLP(vs *nn.VarStore, rng *rand.Rand, ctx, dim, hidden int64) *mlp {
 	root := vs.Root()
 	normal := func(name string, dims ...int64) *ts.Tensor {
