@@ -186,6 +186,16 @@ func TestFromVarStore(t *testing.T) {
 	require.Equal(t, want, opt.StateBytes())
 	require.Equal(t, int64(8*(10*12+10+20*12)), opt.AdamWStateBytes())
 
+	// By default every matrix is projected; frozen variables are left out.
+	vs.Root().Sub("frozen").MustZerosNoTrain("table", []int64{3, 3})
+	all, err := FromVarStore(vs, cfg, nil)
+	require.NoError(t, err)
+	got = map[string]bool{}
+	for _, p := range all.params {
+		got[p.name] = all.configs[p.group].Rank > 0 && len(p.shape) == 2
+	}
+	require.Equal(t, map[string]bool{"fc.weight": true, "fc.bias": false, "emb.weight": true}, got)
+
 	// One step through the layers themselves.
 	xs := ts.MustOfSlice([]int64{1, 5, 7}).MustView([]int64{3}, true)
 	loss := lin.Forward(emb.Forward(xs)).MustSum(gotch.Float, true)
