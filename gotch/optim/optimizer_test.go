@@ -156,6 +156,8 @@ func TestSkipsParametersWithoutGradient(t *testing.T) {
 	opt, err := New(Group{Params: []*ts.Tensor{used, unused}, Config: cfg})
 	require.NoError(t, err)
 	before := append([]byte(nil), memory(unused)...)
+	require.NoError(t, opt.Step(), "no gradients at all: nothing to do")
+	require.Equal(t, int64(0), opt.params[0].step)
 	backward(t, rng, []*ts.Tensor{used})
 	require.NoError(t, opt.Step())
 	require.Equal(t, before, memory(unused))
