@@ -92,7 +92,9 @@ func TestLoadRefusesOtherOptimizers(t *testing.T) {
 	data, err := os.ReadFile(good)
 	require.NoError(t, err)
 	truncated := filepath.Join(t.TempDir(), "truncated")
-	require.NoError(t, os.WriteFile(truncated, data[:len(data)/2], 0o644))
+	require.NoError(t, os.WriteFile(truncated, data[:len(data)-1], 0o644))
+	trailing := filepath.Join(t.TempDir(), "trailing")
+	require.NoError(t, os.WriteFile(trailing, append(data, 0), 0o644))
 
 	for _, c := range []struct {
 		name, path, contains string
@@ -103,6 +105,7 @@ func TestLoadRefusesOtherOptimizers(t *testing.T) {
 		{"groups", save(Group{Config: cfg}, Group{Params: []*ts.Tensor{leaf(rng, gotch.Float, 8, 6)}, Config: cfg}), "2 groups, this optimizer has 1"},
 		{"garbage", garbage, "not an optimizer checkpoint of this version"},
 		{"truncated", truncated, "truncated"},
+		{"trailing data", trailing, "data past its last state buffer"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			err := opt.Load(c.path)
