@@ -159,12 +159,12 @@ func TestNonFiniteOrOverflowingStepIsRefused(t *testing.T) {
 		spoil  func(p *param)
 		substr string
 	}{
-		{"inf weight", func(p *param) { p.w[5] = float32(math.Inf(1)) }, "parameter of the (64, 48) parameter holds NaN or Inf"},
+		{"inf weight", func(p *param) { p.w[5] = float32(math.Inf(1)) }, "weight-norm gradient dV holds NaN or Inf"},
 		{"huge gradient", func(p *param) {
 			for i := range p.grad {
 				p.grad[i] = 1e38
 			}
-		}, "overflows float32"},
+		}, "overflow float32"},
 	} {
 		p := newParam(t, 64, 48, cfg, 9)
 		rng := rand.New(rand.NewPCG(1, 2))

@@ -63,24 +63,21 @@ func Init(b Backend, param Tensor, state []Tensor, cfg Config) error {
 }
 
 // Validate checks everything about an item that can be checked without
-// changing it, including that the gradient and the parameter are finite,
-// and returns its plan.
+// changing it, including that the gradient is finite, and returns its
+// plan. (A projected item's weights are checked through the intermediates
+// they reach, in prepare, without a pass of their own; a plain AdamW
+// item's are not read into anything but themselves.)
 func (it *Item) Validate(b Backend) (Plan, error) {
 	l, err := it.check()
 	if err != nil {
 		return Plan{}, err
 	}
-	for _, t := range [2]struct {
-		what string
-		t    Tensor
-	}{{"gradient", it.Grad}, {"parameter", it.Param}} {
-		finite, err := b.AllFinite(t.t)
-		if err != nil {
-			return Plan{}, err
-		}
-		if !finite {
-			return Plan{}, Errorf(CodeNonFinite, "%s of the %v parameter holds NaN or Inf; step refused, nothing changed", t.what, it.Param.Shape)
-		}
+	finite, err := b.AllFinite(it.Grad)
+	if err != nil {
+		return Plan{}, err
+	}
+	if !finite {
+		return Plan{}, Errorf(CodeNonFinite, "gradient of the %v parameter holds NaN or Inf; step refused, nothing changed", it.Param.Shape)
 	}
 	return l.plan, nil
 }
@@ -139,17 +136,18 @@ func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) erro
 	if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, w.dg, w.dv); err != nil {
 		return err
 	}
-	// Checked before an SVD sees it (non-finite input can make an SVD
-	// spin) and before anything is written.
-	if err := requireFinite(b, w.dv, "its weight-norm gradient dV", it.Param.Shape); err != nil {
-		return err
-	}
 	// Decode on every step, so all steps use the projector exactly as
 	// stored (and a warm-started refresh starts from it).
 	if err := decodeProjectors(b, st); err != nil {
 		return err
 	}
 	if (it.Step-1)%int64(it.Config.UpdateProjGap) == 0 {
+		// Checked before an SVD sees it: non-finite input can make an SVD
+		// spin. (Without a refresh, NaN or Inf in dV reaches R, checked
+		// below.)
+		if err := requireFinite(b, w.dv, "its weight-norm gradient dV", it.Param.Shape); err != nil {
+			return err
+		}
 		if err := refresh(b, l, it, st, w.dv, &w.refresh); err != nil {
 			return err
 		}
@@ -173,7 +171,8 @@ func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) erro
 	if err := b.AdamDirection(w.dg, st.magnitudeMoments, h); err != nil {
 		return err
 	}
-	// What commit reads: the low-rank direction and the magnitude's.
+	// What commit reads: the low-rank direction and the magnitude's (a
+	// non-finite weight in a row makes that row's dg so).
 	if err := requireFinite(b, w.r, "its projected update", it.Param.Shape); err != nil {
 		return err
 	}
@@ -202,7 +201,7 @@ func requireFinite(b Backend, t Tensor, what string, shape Shape) error {
 		return err
 	}
 	if !finite {
-		return Errorf(CodeNonFinite, "the %v parameter's step overflows float32: %s holds NaN or Inf (weights, gradient or state too large); step refused, nothing changed", shape, what)
+		return Errorf(CodeNonFinite, "the %v parameter's step is not finite: %s holds NaN or Inf (a weight or state value is NaN or Inf, or values too large overflow float32); step refused, nothing changed", shape, what)
 	}
 	return nil
 }

@@ -24,7 +24,8 @@
  *   failure gnlp_last_error() gives a human-readable message for the calling
  *   thread, and parameters and state are left untouched: a step or batch
  *   that fails, for any reason found while validating or computing it (a
- *   NaN/Inf gradient or weight, a step that would overflow float32, an SVD
+ *   NaN/Inf gradient, a NaN/Inf weight of a projected parameter, a step
+ *   that would overflow float32, an SVD
  *   that does not converge), changes nothing.
  * - Tensors must be contiguous (row-major). Strides are checked; a
  *   non-contiguous tensor is rejected with GNLP_ERR_NOT_CONTIGUOUS.
@@ -71,8 +72,9 @@ typedef enum gnlp_status {
     GNLP_ERR_SHAPE = 4,            /* shapes disagree with each other or with the layout */
     GNLP_ERR_DTYPE = 5,            /* unsupported dtype, or dtype disagrees with the layout */
     GNLP_ERR_NOT_CONTIGUOUS = 6,   /* strides are not row-major contiguous */
-    GNLP_ERR_NONFINITE = 7,        /* NaN or Inf in the gradient or weights, or a step that
-                                    * overflows float32; nothing was changed */
+    GNLP_ERR_NONFINITE = 7,        /* NaN or Inf in a gradient or in a projected parameter's
+                                    * weights, or a step that overflows float32; nothing
+                                    * was changed */
     GNLP_ERR_UNKNOWN_OPTION = 8,   /* unknown proj_type, optim_bits, ... */
     GNLP_ERR_DEVICE = 9,           /* device type/index unsupported or mixed in one call */
     GNLP_ERR_BACKEND_UNAVAILABLE = 10, /* e.g. CUDA tensor but the CUDA backend is not built */
@@ -252,18 +254,20 @@ gnlp_status gnlp_step(const gnlp_tensor *param, const gnlp_tensor *grad,
                       const gnlp_config *config, int64_t step, void *stream);
 
 /* Steps many parameters in one call, all or none: every item is validated
- * (gradients and weights finite, no tensor of the batch sharing memory
+ * (gradients finite, no tensor of the batch sharing memory
  * with another's parameter or state: GNLP_ERR_INVALID_ARGUMENT for the same
  * parameter twice), then the part of every item's step that can fail is
  * computed (weight-norm gradients, projector refresh, low-rank Adam; every
- * intermediate checked for NaN/Inf, state snapshotted in scratch), and only
+ * intermediate checked for NaN/Inf, which NaN/Inf weights reach; state
+ * snapshotted in scratch), and only
  * then are the parameters written. On error nothing is changed. On the CPU
  * the items are processed in parallel across cores. All items must be on
  * one device (GNLP_ERR_DEVICE otherwise).
  *
  * CUDA: everything is enqueued on `stream`; each finiteness check waits for
- * the device to read its verdict (two per parameter to validate, three
- * more per projected parameter), and a refresh step waits once more per
+ * the device to read its verdict (one per parameter to validate, two more
+ * per projected parameter and one more at its refresh), and a refresh
+ * step waits once more per
  * refreshed parameter, for the SVD's convergence flag. gnlp_step (one
  * item) behaves the same. Use gnlp_step_batch_async for a step without
  * these waits. */
@@ -272,7 +276,7 @@ gnlp_status gnlp_step_batch(const gnlp_step_item *items, int32_t n_items, void *
 /* gnlp_step_batch without the host waits for finiteness verdicts, for
  * CUDA tensors: the finiteness checks run on the device and set
  * `*nonfinite` (a device int32 on the items' device; NULL to use a private
- * flag) to 1 if any gradient or weight holds NaN or Inf, and every update
+ * flag) to 1 if any gradient holds NaN or Inf, and every update
  * kernel of the batch then does nothing, so all parameters and state stay
  * untouched, as with a refused gnlp_step_batch. (A step found to overflow
  * float32 while it is computed sets the flag too; the items computed
