@@ -668,20 +668,11 @@ def _check_values(where: str, name: str, t: torch.Tensor) -> None:
 
 # ------------------------------------------------------------------ threads
 
-_threads_lock = threading.Lock()
-_threads_applied: int | None = None
-
 
 def _follow_torch_threads() -> None:
     """Size the library's worker pool as torch's intra-op pool
     (torch.set_num_threads, OMP_NUM_THREADS), unless $GNLP_NUM_THREADS
-    fixes it; the library is only called when the count changed."""
-    global _threads_applied
-    if os.environ.get(THREADS_ENV):
-        return
-    n = torch.get_num_threads()
-    if n == _threads_applied:
-        return
-    with _threads_lock:
-        _lib.set_num_threads(n)
-        _threads_applied = n
+    fixes it. Set at every step (one call into the library, about a
+    microsecond), so whatever changed the pool since, the step follows torch."""
+    if not os.environ.get(THREADS_ENV):
+        _lib.set_num_threads(torch.get_num_threads())

@@ -41,6 +41,8 @@ def cycle(i: int, W: nn.Parameter, b: nn.Parameter, g: torch.Tensor, nan: torch.
         raise AssertionError("a NaN gradient must be refused")
     opt.zero_grad()
     opt.state_dict()
+    if cls is LayerwiseGradNormLoRP:
+        opt.remove_hooks()  # its hooks hold it; detached, it goes with its last reference
     del opt
 
 
