@@ -25,6 +25,7 @@ from ._abi import *  # noqa: F403
 from ._abi import (
     ABI_VERSION,
     CONFIG_DEFAULTS,
+    GNLP_BFLOAT16,
     GNLP_DEVICE_CPU,
     GNLP_DEVICE_CUDA,
     GNLP_ERR_BACKEND_UNAVAILABLE,
@@ -35,7 +36,6 @@ from ._abi import (
     GNLP_ERR_UNKNOWN_OPTION,
     GNLP_FLOAT16,
     GNLP_FLOAT32,
-    GNLP_BFLOAT16,
     GNLP_MAX_STATE,
     GNLP_OK,
     GNLP_UINT8,
