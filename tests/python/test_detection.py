@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from gradnormlorp import GradNormLoRP, GradNormLoRPError, LayerwiseGradNormLoRP, target_param_groups
 from gradnormlorp.audit import summary
 from problems import record, rel
-from tiny_llama import TARGETS, batches, snapshot, tiny_llama
+from tiny_llama import batches, snapshot, tiny_llama
 
 WORLD = 2
 STEPS = 3
