@@ -300,6 +300,10 @@ GNLP_HD uint8_t quant_nearest(const float *code, int len, float x) {
     if (lo == 0) {
         return 0;
     }
+    // A positive x never takes a zero first entry (Code.Nearest's rule).
+    if (lo == 1 && code[0] == 0.0f && x > 0.0f) {
+        return 1;
+    }
     if (lo == len) {
         return (uint8_t)(len - 1);
     }

@@ -139,11 +139,16 @@ func dynamicCode(f Format) Code {
 }
 
 // Nearest returns the index of the table value closest to x (ties to the
-// lower index).
+// lower index), except that a positive x never takes a zero first entry
+// (the unsigned 8-bit code's): a second moment stored as 0 beside a non-zero
+// first moment would make Adam's step m/eps, thousands of times lr.
 func (c Code) Nearest(x float32) uint8 {
 	hi := sort.Search(len(c), func(i int) bool { return c[i] >= x })
 	if hi == 0 {
 		return 0
+	}
+	if hi == 1 && c[0] == 0 && x > 0 {
+		return 1
 	}
 	if hi == len(c) {
 		return uint8(len(c) - 1)

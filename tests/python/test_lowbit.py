@@ -76,7 +76,10 @@ def check_codes(state: dict, name: str, exact: torch.Tensor, bits: int, signed: 
     table = dynamic_code(bits, signed)
     scale = absmax.repeat_interleave(BLOCK)[:n]
     err = (dequantise(state[name], absmax, bits, signed, n) - x).abs()
-    nearest = (table[None, :] * scale[:, None] - x[:, None]).abs().amin(dim=1)
+    candidates = (table[None, :] * scale[:, None] - x[:, None]).abs()
+    if not signed:  # a positive value never takes the zero code (see quant.Code.Nearest)
+        candidates[:, 0] = torch.where(x > 0, torch.inf, candidates[:, 0])
+    nearest = candidates.amin(dim=1)
     assert torch.all(err <= nearest + 1e-6 * scale), f"{name}: a value is not stored as its nearest code"
     half_gap = (table.diff().max() / 2).item()
     worst = (err / scale.clamp_min(1e-30)).max().item()

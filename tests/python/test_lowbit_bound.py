@@ -30,15 +30,7 @@ SHAPES = [(64, 64), (5000,), (100, 70)]  # >= 4096 elements: quantised moments
 @pytest.mark.parametrize(
     "bits",
     [
-        pytest.param(
-            8,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="core/quant: an 8-bit second moment below half the smallest code (1.7e-7 x absmax) "
-                "rounds to 0 while its first moment does not, so m/(sqrt(v)+eps) explodes; reported to the "
-                "library's owner",
-            ),
-        ),
+        8,
         4,
     ],
 )
