@@ -19,6 +19,7 @@ const (
 	CodeInternal           Code = 13
 	CodeNoDriver           Code = 14
 	CodeCUDA               Code = 15
+	CodeCollective         Code = 16
 )
 
 // DType values (gnlp_dtype).

@@ -35,6 +35,7 @@ enum Status : int {
     kInternal = 13,
     kNoDriver = 14,
     kCUDA = 15,
+    kCollective = 16,
 };
 // END GENERATED
 

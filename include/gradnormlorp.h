@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 #define GNLP_ABI_VERSION 1
-#define GNLP_ABI_MINOR 1
+#define GNLP_ABI_MINOR 2
 
 /* Longest state-buffer name, including the terminating NUL. */
 #define GNLP_NAME_MAX 32
@@ -82,7 +82,9 @@ typedef enum gnlp_status {
     GNLP_ERR_NUMERICAL = 12,       /* a factorisation failed to converge */
     GNLP_ERR_INTERNAL = 13,        /* a bug: please report it with the message */
     GNLP_ERR_NO_DRIVER = 14,       /* no NVIDIA driver (libnvidia-ml / libcuda) or no CUDA device */
-    GNLP_ERR_CUDA = 15             /* a CUDA runtime, cuBLAS or cuSOLVER call failed (out of memory, ...) */
+    GNLP_ERR_CUDA = 15,            /* a CUDA runtime, cuBLAS or cuSOLVER call failed (out of memory, ...) */
+    GNLP_ERR_COLLECTIVE = 16       /* ABI minor 2: a collective callback failed, or another rank
+                                    * refused the sharded step; nothing was changed */
 } gnlp_status;
 
 typedef enum gnlp_dtype {
@@ -192,6 +194,40 @@ typedef struct gnlp_step_item {
     gnlp_config config;
     int64_t step;             /* 1-based: 1 on the first step of this parameter */
 } gnlp_step_item;
+
+/* ABI minor 2: row sharding, as FSDP2 (torch.distributed.fsdp.fully_shard)
+ * stores a parameter: a DTensor with placement Shard(0) on a 1-D mesh.
+ * Rank k of world_size holds rows [k c, min((k+1) c, global_rows)) of the
+ * whole parameter, c = ceil(global_rows / world_size) (torch.chunk's split:
+ * the last ranks may hold fewer rows or none). The item's param and grad are
+ * that block of rows (shape[0] == its row count, possibly 0); the library
+ * checks row_offset and the row count against the split. A 1-D parameter is
+ * split the same way along its only dimension. */
+typedef struct gnlp_shard {
+    int64_t global_rows; /* rows of the whole parameter (its length if 1-D) */
+    int64_t row_offset;  /* first global row held by this rank */
+    int32_t rank;        /* 0 <= rank < world_size */
+    int32_t world_size;  /* ranks the rows are split across, >= 1 */
+} gnlp_shard;
+
+/* ABI minor 2: what a collective callback is asked to do. Tensors are
+ * float32 and contiguous, on the items' device (host or CUDA, on the step's
+ * stream); every rank makes the same calls in the same order. */
+typedef enum gnlp_collective_op {
+    GNLP_COLLECTIVE_SUM = 0,        /* recv <- sum over ranks of recv, in place; send is NULL */
+    GNLP_COLLECTIVE_MAX = 1,        /* recv <- elementwise max over ranks of recv, in place; send is NULL */
+    GNLP_COLLECTIVE_GATHER_ROWS = 2 /* send: this rank's rows (rows_k x cols, rows_k may be 0);
+                                     * recv: global_rows x cols, every rank's rows at its
+                                     * offset of the gnlp_shard split (uneven splits allowed) */
+} gnlp_collective_op;
+
+/* ABI minor 2: a collective over the ranks of the shard's process group,
+ * implemented by the caller (the Python package runs torch.distributed on
+ * the DTensor's mesh). Returns 0 on success; anything else makes the step
+ * fail with GNLP_ERR_COLLECTIVE. Called only from the thread that called
+ * gnlp_step_sharded, before it returns. */
+typedef int32_t (*gnlp_collective_fn)(void *ctx, int32_t op, const gnlp_tensor *send,
+                                      const gnlp_tensor *recv);
 
 /* What the NVIDIA driver (NVML) says about one GPU, filled by
  * gnlp_device_info(). Strings are NUL-terminated. (Named gnlp_gpu_info: C
@@ -323,6 +359,56 @@ gnlp_status gnlp_set_num_threads(int32_t n);
 /* ABI minor 1: the number of threads a CPU loop may use now (n, or the
  * number of cores when n is 0; never more than GOMAXPROCS). */
 int32_t gnlp_num_threads(void);
+
+/* ---------------------------------------------------- sharded (ABI minor 2) */
+
+/* The state buffers of one rank's share of a row-sharded parameter: the
+ * buffers gnlp_state_layout gives the whole parameter (same names, order,
+ * dtypes; the projection plan, rank and sides follow the whole shape), with
+ *   - row-sharded: per-row buffers (magnitude, direction_norm and their
+ *     moments), the moments of a right projection (rows_k x k), and the
+ *     moments of a plain AdamW parameter: this rank's rows only;
+ *   - replicated (identical on every rank): projectors proj_left (m x k) and
+ *     proj_right (k x n), the moments of a left or full projection.
+ * Quantised (8/4-bit) buffers keep the blocks of the whole tensor: block j
+ * covers elements [256 j, 256 j + 256) of the whole row-major tensor, so a
+ * row-sharded rank stores the codes of its own elements and the absmax of
+ * every block they touch (a block split between ranks is stored, with the
+ * same value, by each of them; its absmax is agreed with one
+ * GNLP_COLLECTIVE_MAX per step). Concatenating the ranks' codes, and their
+ * absmax with the shared blocks once, gives exactly the unsharded state. */
+gnlp_status gnlp_shard_state_layout(const gnlp_tensor *param, const gnlp_shard *shard,
+                                    const gnlp_config *config, gnlp_buffer_spec *specs,
+                                    int32_t capacity, int32_t *count);
+
+/* gnlp_state_init for one rank's share (row norms of its own rows). */
+gnlp_status gnlp_shard_state_init(const gnlp_tensor *param, const gnlp_shard *shard,
+                                  const gnlp_tensor *state, int32_t n_state,
+                                  const gnlp_config *config, void *stream);
+
+/* One optimizer step of row-sharded parameters (shards[i] describes
+ * items[i]; state in gnlp_shard_state_layout order), equal to
+ * gnlp_step_batch on the whole parameters (SPEC section 1 on every whole
+ * matrix), all or none on every rank. Every rank calls it with the same
+ * items in the same order (same whole shapes, configs and steps; the local
+ * rows differ), and it makes the same sequence of `collective` calls on
+ * every rank, even on a rank that finds an error: ranks first agree on
+ * validation (one GNLP_COLLECTIVE_SUM of a status flag) and, before any
+ * parameter is written, on the computed step (one more), so either every
+ * rank steps or every rank returns an error and changes nothing (the rank
+ * that found the problem names it; the others return GNLP_ERR_COLLECTIVE
+ * "refused on another rank").
+ *
+ * Communication, per projected parameter: right projection (dV Q^T) none
+ * per step; left (P^T dV) one GNLP_COLLECTIVE_SUM of k x n; full one of
+ * k x k; at a refresh one GNLP_COLLECTIVE_GATHER_ROWS of dV (m x n float32,
+ * so every rank runs the same SVD or subspace iteration on the whole dV and
+ * gets the same projectors bit for bit); 8/4-bit row-sharded buffers one
+ * GNLP_COLLECTIVE_MAX of the absmax of the blocks split between ranks. Plain
+ * AdamW parameters are elementwise: nothing beyond that MAX. */
+gnlp_status gnlp_step_sharded(const gnlp_step_item *items, const gnlp_shard *shards,
+                              int32_t n_items, gnlp_collective_fn collective, void *ctx,
+                              void *stream);
 
 /* ------------------------------------------------------------------ devices */
 

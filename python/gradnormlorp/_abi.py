@@ -5,7 +5,7 @@ the header and run `make abi`)."""
 import ctypes
 
 ABI_VERSION = 1
-ABI_MINOR = 1
+ABI_MINOR = 2
 GNLP_NAME_MAX = 32
 GNLP_MAX_STATE = 16
 
@@ -26,6 +26,7 @@ GNLP_ERR_NUMERICAL = 12
 GNLP_ERR_INTERNAL = 13
 GNLP_ERR_NO_DRIVER = 14
 GNLP_ERR_CUDA = 15
+GNLP_ERR_COLLECTIVE = 16
 
 # gnlp_dtype
 GNLP_FLOAT32 = 0
@@ -50,6 +51,11 @@ GNLP_REFRESH_SVD = 0
 GNLP_REFRESH_SUBSPACE = 1
 REFRESH_MODES = {"svd": 0, "subspace": 1}
 
+# gnlp_collective_op
+GNLP_COLLECTIVE_SUM = 0
+GNLP_COLLECTIVE_MAX = 1
+GNLP_COLLECTIVE_GATHER_ROWS = 2
+
 STATUS_NAMES = {
     0: "GNLP_OK",
     1: "GNLP_ERR_INVALID_ARGUMENT",
@@ -67,6 +73,7 @@ STATUS_NAMES = {
     13: "GNLP_ERR_INTERNAL",
     14: "GNLP_ERR_NO_DRIVER",
     15: "GNLP_ERR_CUDA",
+    16: "GNLP_ERR_COLLECTIVE",
 }
 
 # gnlp_config_default(), field by field.
@@ -137,6 +144,15 @@ class gnlp_step_item(ctypes.Structure):
     ]
 
 
+class gnlp_shard(ctypes.Structure):
+    _fields_ = [
+        ("global_rows", ctypes.c_int64),
+        ("row_offset", ctypes.c_int64),
+        ("rank", ctypes.c_int32),
+        ("world_size", ctypes.c_int32),
+    ]
+
+
 class gnlp_gpu_info(ctypes.Structure):
     _fields_ = [
         ("name", ctypes.c_char * 96),
@@ -159,5 +175,6 @@ SIZEOF = {
     "gnlp_config": 72,
     "gnlp_buffer_spec": 64,
     "gnlp_step_item": 208,
+    "gnlp_shard": 24,
     "gnlp_gpu_info": 264,
 }

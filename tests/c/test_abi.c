@@ -66,17 +66,20 @@ static const char *const abi_status_names[] = {
     "GNLP_ERR_INTERNAL",
     "GNLP_ERR_NO_DRIVER",
     "GNLP_ERR_CUDA",
+    "GNLP_ERR_COLLECTIVE",
 };
 #define ABI_SIZEOF_GNLP_TENSOR 56
 #define ABI_SIZEOF_GNLP_CONFIG 72
 #define ABI_SIZEOF_GNLP_BUFFER_SPEC 64
 #define ABI_SIZEOF_GNLP_STEP_ITEM 208
+#define ABI_SIZEOF_GNLP_SHARD 24
 #define ABI_SIZEOF_GNLP_GPU_INFO 264
 #define ABI_CHECK_SIZES(check) \
     check(gnlp_tensor, ABI_SIZEOF_GNLP_TENSOR) \
     check(gnlp_config, ABI_SIZEOF_GNLP_CONFIG) \
     check(gnlp_buffer_spec, ABI_SIZEOF_GNLP_BUFFER_SPEC) \
     check(gnlp_step_item, ABI_SIZEOF_GNLP_STEP_ITEM) \
+    check(gnlp_shard, ABI_SIZEOF_GNLP_SHARD) \
     check(gnlp_gpu_info, ABI_SIZEOF_GNLP_GPU_INFO)
 /* END GENERATED */
 
