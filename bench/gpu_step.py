@@ -4,7 +4,7 @@ intermediate 5461, 24 layers: q, k, v, o, gate, up, down per layer), rank 1024.
 
 Usage: python bench/gpu_step.py [--layers 24] [--steps 5] [--warmup 2]
 
-Needs GRADNORMLORP_LIBRARY / GRADNORMLORP_CUDA_LIBRARY (or the in-tree
+Needs GNLP_LIBRARY / GNLP_CUDA_LIBRARY (or the in-tree
 libraries), galore-torch importable (scripts/gpu_check.sh installs it from
 build/wheels; transformers and bitsandbytes, which it imports but this
 benchmark does not use, are stubbed when absent).
@@ -13,7 +13,7 @@ Non-refresh steps are timed with CUDA events around whole optimizer steps
 (host overhead included). Projectors are preset so that no optimizer runs an
 SVD inside the timed steps; the refresh is timed separately, per matrix
 shape, against torch.linalg.svd (float32, as GaLore calls it), with the
-subspace agreement of the two reported. GRADNORMLORP_CUDA_TF32=1 in the
+subspace agreement of the two reported. GNLP_CUDA_TF32=1 in the
 environment makes our projections use TF32 tensor cores.
 """
 
@@ -197,7 +197,7 @@ def main():
 
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}; torch {torch.__version__} (CUDA {torch.version.cuda}); library {L.library_version()}; "
-          f"TF32 projections: {os.environ.get('GRADNORMLORP_CUDA_TF32', '0') == '1'}")
+          f"TF32 projections: {os.environ.get('GNLP_CUDA_TF32', '0') == '1'}")
     shapes = llama_shapes(args.layers)
     numel = sum(m * n for m, n in shapes)
     print(f"LLaMA-1B shapes: {args.layers} layers, {len(shapes)} matrices, {numel / 1e9:.3f} G params, bf16, rank {RANK}")

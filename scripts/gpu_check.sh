@@ -70,8 +70,8 @@ if ((${#need[@]})); then
     check "pip install ${need[*]}" $?
 fi
 export PYTHONPATH="$root/python:$site${PYTHONPATH:+:$PYTHONPATH}"
-export GRADNORMLORP_LIBRARY="$root/build/libgradnormlorp.so"
-export GRADNORMLORP_CUDA_LIBRARY="$root/build/libgnlp_cuda.so"
+export GNLP_LIBRARY="$root/build/libgradnormlorp.so"
+export GNLP_CUDA_LIBRARY="$root/build/libgnlp_cuda.so"
 
 stage "tests/gpu (pytest)"
 timeout 200 "$py" -m pytest tests/gpu -q -rs -p no:cacheprovider
@@ -81,8 +81,8 @@ stage "bench/gpu_step.py (float32 projections)"
 timeout 150 "$py" bench/gpu_step.py --layers "$layers"
 check "benchmark (float32)" $?
 
-stage "bench/gpu_step.py (TF32 projections: GRADNORMLORP_CUDA_TF32=1)"
-GRADNORMLORP_CUDA_TF32=1 timeout 60 "$py" bench/gpu_step.py --layers "$layers" --skip galore,adamw,refresh
+stage "bench/gpu_step.py (TF32 projections: GNLP_CUDA_TF32=1)"
+GNLP_CUDA_TF32=1 timeout 60 "$py" bench/gpu_step.py --layers "$layers" --skip galore,adamw,refresh
 check "benchmark (TF32)" $?
 
 stage "summary"

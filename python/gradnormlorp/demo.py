@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         pass
 
     import gradnormlorp
-    from gradnormlorp import GradNormLoRP, target_param_groups
+    from gradnormlorp import GradNormLoRP, audit, target_param_groups
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -180,6 +180,7 @@ def main(argv=None) -> int:
           f"(update_proj_gap {args.update_proj_gap}, scale {args.scale}), AdamW on {len(plain)} other tensors; "
           f"lr {args.lr:g}, {args.steps} steps of {args.batch_size} x {args.seq_len} bytes, "
           f"{torch.get_num_threads()} threads")
+    print(f"        {audit.summary(opt)}")
 
     gen = torch.Generator().manual_seed(args.seed)
 

@@ -83,7 +83,9 @@ def target_param_groups(
     reads it; do not give the optimizer a default ``rank``, or that group
     inherits it: the optimizer warns). ``target_modules`` follows
     transformers' ``optim_target_modules``: a regex string matched against
-    the whole name, ``"all-linear"`` for every ``nn.Linear``, or a list of
+    the whole name, ``"all-linear"`` for every ``nn.Linear`` but the output
+    layer (``model.get_output_embeddings()``, e.g. ``lm_head``: as peft
+    reads it, and as GaLore's recipe keeps the head in full rank), or a list of
     strings each matching exactly, as a substring or as a full regex (see
     :func:`module_matches`). ``group_kwargs`` (e.g. ``lr``, ``weight_decay``)
     are set in both groups. Empty groups are left out.
@@ -106,9 +108,10 @@ def target_param_groups(
 
     params = list(model.parameters())  # deduplicated: tied parameters appear once
     param_ids = {id(p) for p in params}
+    head = _output_layer(model) if all_linear else None
     targets: dict[int, nn.Parameter] = {}
     for name, module in unwrapped_named_modules(model):
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear) or module is head:
             continue
         if all_linear or module_matches(target_modules, name):
             w = module.weight
@@ -138,6 +141,15 @@ def target_param_groups(
     if plain:
         groups.append({"params": plain, **group_kwargs})
     return groups
+
+
+def _output_layer(model: nn.Module) -> nn.Module | None:
+    """The model's output layer, for models that name one (transformers'
+    get_output_embeddings, looked up through wrappers' ``module``)."""
+    while not hasattr(model, "get_output_embeddings") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if callable(get) else None
 
 
 def _check_projectable(name: str, weight, params, param_ids) -> None:

@@ -171,3 +171,27 @@ def test_weight_that_is_not_a_whole_matrix_is_refused():
     torch.nn.utils.parametrizations.weight_norm(m.layers[0].v_proj)  # weight computed, not a parameter
     with pytest.raises(GradNormLoRPError, match=r"'layers.0.v_proj'.*is not one of the model's parameters, so"):
         target_param_groups(m, ["v_proj"], rank=2)
+
+
+class HeadedModel(nn.Module):
+    """A transformers-style model that names its output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = Block()
+        self.lm_head = nn.Linear(8, 20, bias=False)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def test_all_linear_leaves_the_output_layer_to_adamw():
+    m = HeadedModel()
+    groups = target_param_groups(m, "all-linear", rank=2)
+    assert "lm_head.weight" in names_in(groups, m, 1)
+    assert len(groups[0]["params"]) == 4
+    # Named explicitly, the head is projected; under DDP-style wrapping too.
+    assert "lm_head.weight" in names_in(target_param_groups(m, ["lm_head"], rank=2), m, 0)
+    wrapped = nn.Module()
+    wrapped.module = m
+    assert "module.lm_head.weight" in names_in(target_param_groups(wrapped, "all-linear", rank=2), wrapped, 1)
