@@ -44,6 +44,7 @@ from ._abi import (
     gnlp_buffer_spec,
     gnlp_config,
     gnlp_gpu_info,
+    gnlp_shard,
     gnlp_step_item,
     gnlp_tensor,
 )
@@ -93,7 +94,7 @@ class GradNormLoRPForkError(GradNormLoRPError):
 
 # The layouts _abi.py declares are the ones the C compiler gives the header
 # (the C ABI test checks the same SIZEOF numbers with sizeof).
-for _struct in (gnlp_tensor, gnlp_config, gnlp_buffer_spec, gnlp_step_item, gnlp_gpu_info):
+for _struct in (gnlp_tensor, gnlp_config, gnlp_buffer_spec, gnlp_step_item, gnlp_shard, gnlp_gpu_info):
     assert ctypes.sizeof(_struct) == SIZEOF[_struct.__name__], _struct.__name__
 
 _T_P = ctypes.POINTER(gnlp_tensor)
@@ -117,6 +118,25 @@ _SIGNATURES = {
     "gnlp_set_num_threads": (ctypes.c_int, [ctypes.c_int32]),
     "gnlp_num_threads": (ctypes.c_int32, []),
 }
+
+# gnlp_collective_fn: ctypes re-acquires the GIL to run the Python callback.
+COLLECTIVE_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, _T_P, _T_P)
+_S_P = ctypes.POINTER(gnlp_shard)
+
+# ABI minor 2 (row sharding): bound where the library has them, so a library
+# without them still serves everything else; sharded_lib() says what is missing.
+_SHARDED_SIGNATURES = {
+    "gnlp_shard_state_layout": (
+        ctypes.c_int,
+        [_T_P, _S_P, _C_P, ctypes.POINTER(gnlp_buffer_spec), ctypes.c_int32, ctypes.POINTER(ctypes.c_int32)],
+    ),
+    "gnlp_shard_state_init": (ctypes.c_int, [_T_P, _S_P, _T_P, ctypes.c_int32, _C_P, ctypes.c_void_p]),
+    "gnlp_step_sharded": (
+        ctypes.c_int,
+        [ctypes.POINTER(gnlp_step_item), _S_P, ctypes.c_int32, COLLECTIVE_FN, ctypes.c_void_p, ctypes.c_void_p],
+    ),
+}
+SHARDED_ABI_MINOR = 2
 
 _lock = threading.Lock()
 _lib = None
@@ -206,6 +226,11 @@ def _load(path: str) -> ctypes.CDLL:
         fn = getattr(handle, name)
         fn.restype = restype
         fn.argtypes = argtypes
+    for name, (restype, argtypes) in _SHARDED_SIGNATURES.items():
+        fn = getattr(handle, name, None)
+        if fn is not None:
+            fn.restype = restype
+            fn.argtypes = argtypes
     abi = handle.gnlp_abi_version()
     if abi != ABI_VERSION:
         raise ImportError(
@@ -339,10 +364,15 @@ def num_threads() -> int:
 
 def state_layout(param: gnlp_tensor, config: gnlp_config) -> list[tuple[str, torch.dtype, tuple[int, ...], int]]:
     """gnlp_state_layout: [(name, torch dtype, shape, bytes)] in layout order."""
-    L = lib()
+    return _layout_of(lambda specs, count: lib().gnlp_state_layout(
+        ctypes.byref(param), ctypes.byref(config), specs, GNLP_MAX_STATE, count))
+
+
+def _layout_of(query) -> list[tuple[str, torch.dtype, tuple[int, ...], int]]:
+    """The specs a layout query (specs array, count pointer) -> status fills in."""
     specs = (gnlp_buffer_spec * GNLP_MAX_STATE)()
     count = ctypes.c_int32(0)
-    check(L.gnlp_state_layout(ctypes.byref(param), ctypes.byref(config), specs, GNLP_MAX_STATE, ctypes.byref(count)))
+    check(query(specs, ctypes.byref(count)))
     out = []
     for i in range(count.value):
         s = specs[i]
@@ -357,6 +387,41 @@ def state_init(param: gnlp_tensor, state: ctypes.Array, config: gnlp_config, str
 
 def step_batch(items: ctypes.Array, stream=None) -> None:
     check(lib().gnlp_step_batch(items, len(items), stream))
+
+
+def sharded_lib() -> ctypes.CDLL:
+    """The library, if it has the row-sharded calls (ABI minor 2); else
+    GradNormLoRPError(GNLP_ERR_BACKEND_UNAVAILABLE) saying so."""
+    L = lib()
+    minor = L.gnlp_abi_minor()
+    if minor < SHARDED_ABI_MINOR or not all(hasattr(L, name) for name in _SHARDED_SIGNATURES):
+        raise GradNormLoRPError(
+            f"{library_path()} has ABI minor {minor}, without the row-sharded step (ABI minor "
+            f"{SHARDED_ABI_MINOR}) that FSDP2's sharded parameters need; rebuild it from this source "
+            f"(`make lib`)",
+            GNLP_ERR_BACKEND_UNAVAILABLE,
+        )
+    return L
+
+
+def shard_state_layout(
+    param: gnlp_tensor, shard: gnlp_shard, config: gnlp_config
+) -> list[tuple[str, torch.dtype, tuple[int, ...], int]]:
+    """gnlp_shard_state_layout: this rank's buffers, as state_layout gives them."""
+    L = sharded_lib()
+    return _layout_of(lambda specs, count: L.gnlp_shard_state_layout(
+        ctypes.byref(param), ctypes.byref(shard), ctypes.byref(config), specs, GNLP_MAX_STATE, count))
+
+
+def shard_state_init(param: gnlp_tensor, shard: gnlp_shard, state: ctypes.Array, config: gnlp_config,
+                     stream=None) -> None:
+    check(sharded_lib().gnlp_shard_state_init(
+        ctypes.byref(param), ctypes.byref(shard), state, len(state), ctypes.byref(config), stream))
+
+
+def step_sharded(items: ctypes.Array, shards: ctypes.Array, collective, stream=None) -> None:
+    """gnlp_step_sharded; `collective` is a COLLECTIVE_FN (keep it alive until this returns)."""
+    check(sharded_lib().gnlp_step_sharded(items, shards, len(items), collective, None, stream))
 
 
 def device_info(index: int = 0) -> dict:

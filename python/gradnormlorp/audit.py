@@ -13,7 +13,9 @@ something else, and each of these would otherwise quietly run plain AdamW
 * FSDP1 (``FullyShardedDataParallel``) flattens parameters into a
   ``FlatParameter``; with ``use_orig_params=True`` the original parameters
   become 1-D views of the local shard (both marked ``_fsdp_flattened``).
-* FSDP2 (``fully_shard``) and tensor parallelism make DTensors.
+* FSDP2 (``fully_shard``) and tensor parallelism make DTensors: FSDP2's
+  placement, ``Shard(0)`` on a 1-D mesh, is stepped exactly (sharded.py);
+  any other placement is refused.
 * A wrapper that replaces the parameters leaves the optimizer holding
   tensors that never get a gradient.
 
@@ -26,7 +28,6 @@ the program turns logging on, e.g. ``logging.basicConfig(level=logging.INFO)``).
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from collections import Counter
 from typing import Any, Sequence
@@ -34,7 +35,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from . import _lib
+from . import _lib, sharded
 from ._lib import GradNormLoRPError
 
 __all__ = ["check_first_step", "check_param_group", "not_a_whole_matrix", "summary"]
@@ -42,27 +43,18 @@ __all__ = ["check_first_step", "check_param_group", "not_a_whole_matrix", "summa
 log = logging.getLogger("gradnormlorp")
 
 SUPPORTED = (
-    "GradNormLoRP supports data parallelism with whole parameters today: wrap the model in "
-    "torch.nn.parallel.DistributedDataParallel (or use DeepSpeed with ZeRO stage 0); "
-    "support for FSDP2's sharded parameters is planned"
+    "GradNormLoRP supports data parallelism with whole parameters (torch.nn.parallel.DistributedDataParallel, "
+    "or DeepSpeed with ZeRO stage 0) and sharded parameters as FSDP2 makes them: wrap the model with "
+    "torch.distributed.fsdp.fully_shard (FSDP2), not FullyShardedDataParallel (FSDP1), and create the "
+    "optimizer after sharding"
 )
 
 
 def _dtensor_problem(p: torch.Tensor) -> str | None:
-    """The one place that decides about DTensors (FSDP2's fully_shard, tensor
-    parallelism): none is supported yet, since a projected matrix is stepped
-    whole. Sharded support replaces this function."""
-    for module in ("torch.distributed.tensor", "torch.distributed._tensor"):
-        # Without the module imported no tensor can be a DTensor, so the
-        # check never imports it.
-        dtensor = getattr(sys.modules.get(module), "DTensor", None)
-        if dtensor is not None and isinstance(p, dtensor):
-            return (
-                f"a DTensor (global shape {_shape(p)}, local shard {_shape(p.to_local())}, placements "
-                f"{tuple(p.placements)}), as FSDP2's fully_shard and tensor parallelism make; GradNormLoRP "
-                f"cannot step a sharded matrix yet"
-            )
-    return None
+    """The one place that decides about DTensors: FSDP2's row sharding
+    (Shard(0) on a 1-D mesh) is stepped exactly; tensor parallelism's and
+    any other placement is refused (sharded.placement_problem)."""
+    return sharded.placement_problem(p) if sharded.is_dtensor(p) else None
 
 
 def not_a_whole_matrix(p: torch.Tensor) -> str | None:
@@ -108,7 +100,7 @@ def _refuse(where: str, problem: str, projected: bool) -> GradNormLoRPError:
         "Its param group is projected (rank is set), and a projected matrix must be the model's whole "
         "2-D weight; training on without it would be plain AdamW, not GradNormLoRP."
         if projected
-        else "GradNormLoRP steps plain tensors only, also in its AdamW groups."
+        else "GradNormLoRP steps plain tensors and FSDP2's row-sharded DTensors only, also in its AdamW groups."
     )
     return GradNormLoRPError(f"{where} is {problem}. {why} {SUPPORTED}.", _lib.GNLP_ERR_INVALID_ARGUMENT)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 from torch.optim import Optimizer
 
-from . import _lib, audit
+from . import _lib, audit, sharded
 from ._lib import GradNormLoRPError
 from ._signals import deferred_signals
 
@@ -176,8 +176,10 @@ class GradNormLoRP(Optimizer):
         shape, projected = self._shape(group, p)
         return shape, _config_of(group, projected)
 
-    def _layout(self, p: torch.Tensor, shape: tuple[int, ...], cfg: _lib.gnlp_config) -> list:
-        key = (shape, p.dtype, cfg.rank, cfg.proj_type if cfg.rank else 0, cfg.optim_bits)
+    def _layout(self, p: torch.Tensor, shape: tuple[int, ...], cfg: _lib.gnlp_config, shard=None) -> list:
+        """p's state buffers; with a gnlp_shard, those of this rank's rows p of a sharded parameter."""
+        where = (shard.global_rows, shard.row_offset, shard.rank, shard.world_size) if shard is not None else None
+        key = (shape, p.dtype, cfg.rank, cfg.proj_type if cfg.rank else 0, cfg.optim_bits, where)
         layout = self._layout_cache.get(key)
         if layout is None:
             desc = _lib.gnlp_tensor()
@@ -188,7 +190,10 @@ class GradNormLoRP(Optimizer):
             # Only dtype, ndim and shape are read, but fill in the rest sensibly.
             desc.strides[0] = shape[1] if len(shape) == 2 else 1
             desc.strides[1] = 1
-            layout = _lib.state_layout(desc, cfg)
+            if shard is None:
+                layout = _lib.state_layout(desc, cfg)
+            else:
+                layout = _lib.shard_state_layout(desc, shard, cfg)
             self._layout_cache[key] = layout
         return layout
 
@@ -236,15 +241,19 @@ class GradNormLoRP(Optimizer):
             return ctypes.c_void_p(torch.cuda.current_stream(p.device).cuda_stream)
         return None
 
-    def _new_state(self, p: torch.Tensor, shape, cfg, layout) -> dict:
-        """Allocate and initialise fresh state for p (not yet stored)."""
+    def _new_state(self, p: torch.Tensor, shape, cfg, layout, shard=None) -> dict:
+        """Allocate and initialise fresh state for p (not yet stored); with a
+        gnlp_shard, for this rank's rows p of a sharded parameter."""
         state: dict[str, Any] = {}
         for name, dtype, bshape, _ in layout:
             state[name] = torch.empty(bshape, dtype=dtype, device=p.device)
         descs = (_lib.gnlp_tensor * len(layout))(*[_lib.describe(state[name]) for name, *_ in layout])
         # The library reads p's values (the magnitudes start as its row norms).
         values = p if p.is_contiguous() else p.contiguous()
-        _lib.state_init(_lib.describe(values, shape), descs, cfg, self._stream(p))
+        if shard is None:
+            _lib.state_init(_lib.describe(values, shape), descs, cfg, self._stream(p))
+        else:
+            _lib.shard_state_init(_lib.describe(values, shape), shard, descs, cfg, self._stream(p))
         state[_STEP] = 0
         return state
 
@@ -273,15 +282,28 @@ class GradNormLoRP(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._step_params(
-            (gi, pi) for gi, group in enumerate(self.param_groups) for pi in range(len(group["params"]))
+            ((gi, pi) for gi, group in enumerate(self.param_groups) for pi in range(len(group["params"]))),
+            init_only=self._is_state_probe(),
         )
         return loss
 
-    def _step_params(self, which: Iterable[tuple[int, int]]) -> None:
+    def _is_state_probe(self) -> bool:
+        """Whether this is torch.distributed.checkpoint creating state
+        (_init_optim_state: a step of a fresh optimizer at lr 0 on all-zero
+        gradients). It only creates the state: a real step would count as
+        step 1 (refreshing the projector from a zero gradient) and round the
+        weights, so a resumed run would not follow the one it continues."""
+        if self.state or any(_scalar("lr", g["lr"]) != 0 for g in self.param_groups):
+            return False
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        return bool(grads) and not any(bool((sharded.local_of(g) != 0).any()) for g in grads)
+
+    def _step_params(self, which: Iterable[tuple[int, int]], init_only: bool = False) -> None:
         """Update the parameters given as (group index, index in group) that
         have a gradient, under their groups' current hyperparameters: one
-        library call per device. Layer-wise mode steps one parameter at a time
-        through this."""
+        library call per device (per process group for FSDP2's sharded
+        parameters). Layer-wise mode steps one parameter at a time through
+        this. With init_only, state is created for them and nothing stepped."""
         with self._step_lock:
             audit.check_first_step(self)  # once: refuse flattened/replaced matrices, log the summary
             _follow_torch_threads()
@@ -293,26 +315,34 @@ class GradNormLoRP(Optimizer):
                 if p.grad is None or p.numel() == 0:
                     continue
                 where = f"parameter {pi} of param group {gi}"
-                grad = self._checked_grad(where, p)
-                shape, projected = self._shape(group, p)
+                # A DTensor (FSDP2) is stepped as this rank's rows of the whole matrix (sharded.py).
+                local, grad, shard = p, p.grad, None
+                if sharded.is_dtensor(p):
+                    local, grad, shard = sharded.local_rows(where, p), sharded.local_grad(where, p), sharded.shard_of(p)
+                grad = self._checked_grad(where, local, grad)
+                shape, projected = self._shape(group, local)
                 cfg = configs.get((gi, projected))
                 if cfg is None:
                     cfg = configs[(gi, projected)] = _config_of(group, projected)
-                layout = self._layout(p, shape, cfg)
+                layout = self._layout(local, shape, cfg, shard)
                 state = self.state.get(p)
                 new = not state
                 if new:
-                    state = self._new_state(p, shape, cfg, layout)
+                    state = self._new_state(local, shape, cfg, layout, shard)
                 else:
-                    self._check_state(where, p, state, layout, cfg)
+                    self._check_state(where, local, state, layout, cfg)
                 # The library updates contiguous memory in place: a strided
                 # parameter is stepped as a copy, written back afterwards.
-                staged = p if p.is_contiguous() else p.contiguous()
-                batches.setdefault(_lib.device_of(p), []).append(
-                    _Pending(p, staged, grad, shape, cfg, layout, state, new)
+                staged = local if local.is_contiguous() else local.contiguous()
+                key = sharded.batch_key(p) if shard is not None else _lib.device_of(p)
+                batches.setdefault(key, []).append(
+                    _Pending(p, local, staged, grad, shape, cfg, layout, state, new, shard)
                 )
             for entries in batches.values():
-                self._apply(entries)
+                if init_only:
+                    self.state.update((e.param, e.state) for e in entries if e.new)
+                else:
+                    self._apply(entries)
 
     def _apply(self, entries: list[_Pending]) -> None:
         """One library call for the entries (all on one device), then the
@@ -329,20 +359,24 @@ class GradNormLoRP(Optimizer):
             it.reserved = 0
             it.config = e.cfg
             it.step = e.state[_STEP] + 1
-        stream = self._stream(entries[0].param)
+        stream = self._stream(entries[0].local)
         with deferred_signals():
-            _lib.step_batch(items, stream)  # on error nothing has changed, and nothing below runs
+            # On error nothing has changed (on any rank, for sharded parameters), and nothing below runs.
+            if entries[0].shard is None:
+                _lib.step_batch(items, stream)
+            else:
+                shards = (_lib.gnlp_shard * len(entries))(*[e.shard for e in entries])
+                sharded.step(items, shards, entries[0].param.device_mesh.get_group(), stream)
             for e in entries:
-                if e.staged is not e.param:
-                    e.param.copy_(e.staged)
+                if e.staged is not e.local:
+                    e.local.copy_(e.staged)
                 e.state[_STEP] += 1
                 if e.new:
                     self.state[e.param] = e.state
         del keep
 
     @staticmethod
-    def _checked_grad(where: str, p: torch.Tensor) -> torch.Tensor:
-        grad = p.grad
+    def _checked_grad(where: str, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if grad.is_sparse or grad.layout != torch.strided:
             raise GradNormLoRPError(
                 f"{where}: sparse gradients are not supported by GradNormLoRP (layout {grad.layout})",
@@ -387,6 +421,21 @@ class GradNormLoRP(Optimizer):
         return grad
 
     # ------------------------------------------------------------ checkpoints
+
+    @torch._disable_dynamo
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict, with the state of FSDP2-sharded
+        parameters in the form torch.distributed.checkpoint shards and
+        reshards (sharded.export_state): row-sharded buffers as Shard(0)
+        DTensors of the whole buffer, replicated ones as plain tensors. With
+        8/4-bit sharded state this is a collective: call it on every rank."""
+        sd = super().state_dict()
+        ids = (pid for g in sd["param_groups"] for pid in g["params"])
+        for (group, p), pid in zip(((g, p) for g in self.param_groups for p in g["params"]), ids):
+            if pid in sd["state"] and sharded.is_dtensor(p):
+                _, cfg = self._plan(group, p)
+                sd["state"][pid] = sharded.export_state(p, sd["state"][pid], cfg)
+        return sd
 
     @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -471,9 +520,18 @@ class GradNormLoRP(Optimizer):
             raise ValueError(f"{where}: saved state has no 'step'")
         step = _saved_step(where, saved[_STEP])
         shape, cfg = self._plan(group, p)
+        if sharded.is_dtensor(p):
+            local, shard = sharded.local_rows(where, p), sharded.shard_of(p)
+            saved = sharded.import_state(where, p, saved, cfg)  # this rank's rows, from any world size
+            return self._restored(where, local, group, saved, self._layout(local, tuple(local.shape), cfg, shard), step)
         layout = self._layout(p, shape, cfg)
         if not _matches(saved, layout) and _is_adamw_state(saved, p):
             return self._from_adamw(where, p, shape, cfg, layout, saved, step)
+        return self._restored(where, p, group, saved, layout, step)
+
+    @staticmethod
+    def _restored(where: str, p: torch.Tensor, group: dict, saved: dict, layout: list, step: int) -> dict[str, Any]:
+        """p's state from saved buffers that must match its layout, checked."""
         names = sorted(name for name, *_ in layout)
         have = sorted(k for k in saved if k != _STEP)
         if have != names:
@@ -521,14 +579,16 @@ class GradNormLoRP(Optimizer):
 class _Pending(NamedTuple):
     """One parameter of a library call, and what to do once it returns."""
 
-    param: torch.Tensor
-    staged: torch.Tensor  # param, or its contiguous copy to write back
+    param: torch.Tensor  # the optimizer's tensor (the key of its state)
+    local: torch.Tensor  # what the library updates: param, or a DTensor's local rows
+    staged: torch.Tensor  # local, or its contiguous copy to write back
     grad: torch.Tensor
     shape: tuple[int, ...]
     cfg: _lib.gnlp_config
     layout: list
     state: dict[str, Any]
     new: bool
+    shard: Any = None  # the gnlp_shard of a sharded parameter's local rows
 
 
 # ------------------------------------------------------- hyperparameters
