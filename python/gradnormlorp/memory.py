@@ -50,7 +50,7 @@ import torch
 
 from . import _lib
 
-__all__ = ["MODELS", "LlamaShape", "Param", "Report", "Row", "Target", "main", "report"]
+__all__ = ["MODELS", "LlamaShape", "Param", "RankState", "Report", "Row", "Target", "main", "report", "sharded_state"]
 
 
 class Param(NamedTuple):
@@ -215,6 +215,50 @@ def _gradnormlorp(tensors: Sequence[Param], rank: int, bits: int, dtype: str) ->
         cfg.rank = rank if t.projected else 0
         total += sum(nbytes for *_, nbytes in _lib.state_layout(desc, cfg))
     return total
+
+
+# ------------------------------------------------------------- sharded (FSDP2)
+
+
+@dataclass(frozen=True)
+class RankState:
+    """GradNormLoRP's state on the rank holding the most rows (rank 0) when
+    every parameter is row-sharded over `world_size` ranks, as FSDP2 does."""
+
+    world_size: int
+    bits: int
+    row_sharded: int  # bytes of this rank's rows: per-row vectors, right-projection and AdamW moments
+    replicated: int  # bytes every rank holds whole: projectors, left/full-projection moments
+
+    @property
+    def total(self) -> int:
+        return self.row_sharded + self.replicated
+
+
+def sharded_state(model: str | LlamaShape | Mapping[str, Any], rank: int, bits: int = 32, world_size: int = 1,
+                  dtype: str = "bf16") -> RankState:
+    """Per-rank optimizer-state bytes under FSDP2 (gnlp_shard_state_layout
+    of rank 0, which holds ceil(rows / world_size) rows of each parameter),
+    split into row-sharded and replicated buffers."""
+    from . import sharded
+
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size!r}")
+    _, shape = resolve_model(model)
+    torch_dtype = DTYPES[dtype]
+    cfg = _lib.lib().gnlp_config_default()
+    cfg.optim_bits = bits
+    split = {"row": 0, "replicated": 0}
+    for t in shape.tensors():
+        cfg.rank = rank if t.projected else 0
+        rows = -(-t.shape[0] // world_size)
+        desc = _lib.gnlp_tensor(dtype=_lib.gnlp_dtype_of(torch_dtype), ndim=len(t.shape))
+        desc.shape[: len(t.shape)] = (rows, *t.shape[1:])
+        shard = _lib.gnlp_shard(global_rows=t.shape[0], row_offset=0, rank=0, world_size=world_size)
+        by_rows = sharded.row_sharded_names(torch_dtype, t.shape, cfg)
+        for name, _, _, nbytes in _lib.shard_state_layout(desc, shard, cfg):
+            split["row" if name in by_rows else "replicated"] += nbytes
+    return RankState(world_size, bits, split["row"], split["replicated"])
 
 
 # -------------------------------------------------------------------- report
@@ -436,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     out.add_argument("--markdown", action="store_true", help="print a Markdown document instead of a table")
     parser.add_argument("--plot", metavar="FILE.png", help="also write a bar chart (needs matplotlib)")
+    parser.add_argument("--world-size", type=int, metavar="N",
+                        help="with the table: also GradNormLoRP's per-rank state when FSDP2 shards over N ranks")
     args = parser.parse_args(argv)
 
     try:
@@ -449,6 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(rep.markdown(command), end="")
     else:
         print(rep.table())
+        if args.world_size:
+            print()
+            for b in (args.bits,) if args.bits else (32, 8, 4):
+                st = sharded_state(args.model or args.config, args.rank, b, args.world_size, args.dtype)
+                print(f"FSDP2 over {st.world_size} ranks, {b}-bit: {human_bytes(st.total)} per rank "
+                      f"({human_bytes(st.row_sharded)} row-sharded, {human_bytes(st.replicated)} replicated)")
     if args.plot:
         rep.plot(args.plot)
     return 0

@@ -279,6 +279,20 @@ def _describe_shape(dtype: torch.dtype, shape: tuple[int, ...]) -> _lib.gnlp_ten
     return desc
 
 
+def row_sharded_names(dtype: torch.dtype, shape: tuple[int, ...], cfg: _lib.gnlp_config) -> set[str]:
+    """The state buffers of a parameter of whole `shape` that are split by
+    rows under sharding (the others are replicated): those whose size
+    follows the rows a rank holds, found by comparing the whole layout with
+    that of rank 1 of 2 (which holds fewer rows)."""
+    rows = shape[0]
+    whole = {name: s for name, _, s, _ in _lib.state_layout(_describe_shape(dtype, shape), cfg)}
+    first, count = _split(rows, 2, 1)
+    probe = _lib.gnlp_shard(global_rows=rows, row_offset=first, rank=1, world_size=2)
+    fewer = {name: s for name, _, s, _ in
+             _lib.shard_state_layout(_describe_shape(dtype, (count, *shape[1:])), probe, cfg)}
+    return {name for name, s in whole.items() if fewer[name] != s}
+
+
 class _Plan:
     """How one sharded parameter's state maps onto its whole-matrix state:
     which buffers are row-sharded, and their whole shapes."""
@@ -293,17 +307,7 @@ class _Plan:
             name: (dtype, shape)
             for name, dtype, shape, _ in _lib.state_layout(_describe_shape(p.dtype, whole_shape), cfg)
         }
-        # A buffer is row-sharded if its size follows the rows a rank holds:
-        # compare the whole layout with that of rank 1 of 2 (fewer rows).
-        first, rows = _split(self.rows, 2, 1)
-        probe = _lib.gnlp_shard(global_rows=self.rows, row_offset=first, rank=1, world_size=2)
-        fewer = {
-            name: shape
-            for name, _, shape, _ in _lib.shard_state_layout(
-                _describe_shape(p.dtype, (rows, *whole_shape[1:])), probe, cfg
-            )
-        }
-        self.row_sharded = {name for name, (_, shape) in self.whole.items() if fewer[name] != shape}
+        self.row_sharded = row_sharded_names(p.dtype, whole_shape, cfg)
 
     def codes_per_row(self, name: str) -> int:
         """Bytes per whole-matrix row of a row-sharded quantised buffer."""

@@ -201,12 +201,39 @@ def run_refusals(rank: int, world: int, out: dict) -> None:
     )
 
 
+def run_collectives(rank: int, world: int, out: dict) -> None:
+    """The callback the library calls, called directly: what each op leaves in recv."""
+    import ctypes
+
+    from gradnormlorp import _lib
+
+    collective = sharded._Collective(dist.group.WORLD)
+
+    def call(op: int, send: torch.Tensor | None, recv: torch.Tensor) -> int:
+        send_desc = ctypes.pointer(_lib.describe(send)) if send is not None else None
+        return collective.fn(None, op, send_desc, ctypes.pointer(_lib.describe(recv)))
+
+    summed, maxed = torch.full((2, 3), float(rank + 1)), torch.arange(4.0) * (rank + 1)
+    rows = 7  # torch.chunk over 3 ranks: 3, 3, 1
+    first, count = sharded._split(rows, world, rank)
+    mine = torch.arange(first * 2, (first + count) * 2, dtype=torch.float32).view(count, 2)
+    gathered = torch.empty(rows, 2)
+    out["status"] = [
+        call(_lib.GNLP_COLLECTIVE_SUM, None, summed),
+        call(_lib.GNLP_COLLECTIVE_MAX, None, maxed),
+        call(_lib.GNLP_COLLECTIVE_GATHER_ROWS, mine, gathered),
+    ]
+    out.update(summed=summed, maxed=maxed, gathered=gathered)
+    out["unknown op"] = (call(99, None, summed), repr(collective.error))
+
+
 PHASES = {
     "configs": lambda rank, world, ckpt, out: run_configs(rank, world, out),
     "checkpoints": lambda rank, world, ckpt, out: run_checkpoints(rank, world, ckpt, out),
     "resumed from 2": lambda rank, world, ckpt, out: run_resumed(rank, world, ckpt, 2, out),
     "nonfinite": lambda rank, world, ckpt, out: run_nonfinite(rank, world, out),
     "refusals": lambda rank, world, ckpt, out: run_refusals(rank, world, out),
+    "collectives": lambda rank, world, ckpt, out: run_collectives(rank, world, out),
 }
 
 

@@ -18,7 +18,7 @@ from problems import record, rel
 BOUND = 1e-5  # relative, per parameter, against one process on the whole batch
 GROUPS = {  # spawned group -> (world size, phases); "resumed" needs the checkpoints of "2"
     "2": (2, ["configs", "checkpoints", "nonfinite", "refusals"]),
-    "3": (3, ["configs", "resumed from 2", "nonfinite"]),
+    "3": (3, ["collectives", "configs", "resumed from 2", "nonfinite"]),
     "2 again": (2, ["resumed from 2"]),
 }
 
@@ -134,3 +134,15 @@ def test_fsdp1_and_layerwise_are_refused(results):
         assert out["fsdp1"] is not None and "flattened by FSDP" in out["fsdp1"], out["fsdp1"]
         assert "fully_shard" in out["fsdp1"] and "FSDP2" in out["fsdp1"]
         assert out["layerwise"] is not None and "torch.distributed is initialised" in out["layerwise"]
+
+
+def test_collective_callback_runs_torch_distributed(results):
+    """The gnlp_collective_fn itself, called as the library calls it, over 3 ranks."""
+    ranks = results[("3", "collectives")]
+    for r, out in enumerate(ranks):
+        assert out["status"] == [0, 0, 0], f"rank {r}"
+        assert torch.equal(out["summed"], torch.full((2, 3), 6.0))
+        assert torch.equal(out["maxed"], torch.arange(4.0) * 3)
+        assert torch.equal(out["gathered"], torch.arange(14.0).view(7, 2)), "uneven rows: 3, 3, 1"
+        status, error = out["unknown op"]
+        assert status != 0 and "unknown gnlp_collective_op 99" in error
