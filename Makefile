@@ -156,6 +156,11 @@ bench: $(BENCH_STAMP) lib
 bench-convergence: $(BENCH_STAMP) lib
 	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/convergence.py $(CONVERGENCE_ARGS)
 
+# Per-rank state (LLaMA-1B/7B, world 1/2/8) and measured traffic of a 2-rank gloo FSDP2 run.
+.PHONY: bench-sharding
+bench-sharding: lib
+	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/sharding.py --out bench/results/sharding.md
+
 # ---------------------------------------------------------------- demo
 demo: venv | check-go
 	@echo ">> pip install . into $(VENV) (builds the Go library, and the CUDA backend where nvcc is found)"

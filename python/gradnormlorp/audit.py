@@ -197,7 +197,7 @@ def _check_unchanged(gi: int, group: dict[str, Any], matrices: Sequence[tuple[to
     """The matrices a projected group was given are still in it, whole."""
     held = {id(p) for p in group["params"]}
     changed = [(p, shape) for p, shape in matrices if id(p) not in held or tuple(p.shape) != shape]
-    if not changed:
+    if not changed or _sharded_in_place(group, matrices):
         return
     p, shape = changed[0]
     now = "no longer in the group" if id(p) not in held else f"now of shape {_shape(p)}"
@@ -209,6 +209,16 @@ def _check_unchanged(gi: int, group: dict[str, Any], matrices: Sequence[tuple[to
         f"after the optimizer was created: DeepSpeed ZeRO stages 1 and 2 replace each param group with one "
         f"flat 1-D partition, on which GradNormLoRP would be plain AdamW. {SUPPORTED}.",
         _lib.GNLP_ERR_INVALID_ARGUMENT,
+    )
+
+
+def _sharded_in_place(group: dict[str, Any], matrices: Sequence[tuple[torch.Tensor, tuple[int, ...]]]) -> bool:
+    """Whether each matrix was swapped, in place, for its FSDP2 DTensor of
+    the same global shape, as accelerate's FSDP2 prepare() does to an
+    optimizer created before sharding (placements are checked separately)."""
+    now = [p for p in group["params"] if isinstance(p, torch.Tensor) and p.dim() == 2]
+    return len(now) == len(matrices) and all(
+        q is p or (sharded.is_dtensor(q) and tuple(q.shape) == shape) for q, (p, shape) in zip(now, matrices)
     )
 
 
