@@ -27,12 +27,13 @@ from tiny_llama import SEQ, TARGETS, VOCAB, batches
 STEPS = 20
 RESUME_AT = 10  # checkpoint after this many steps, then continue to STEPS
 GLOBAL_BATCH = 6  # divisible by 2 and 3: every rank gets the same number of samples
-HP = dict(lr=1e-2, weight_decay=0.1)
+HP = dict(lr=1e-3, weight_decay=0.1)
 RANK = 16
 GAP = 7  # refreshes at steps 1, 8 and 15
 PROJ_TYPES = ("std", "reverse_std", "right", "left", "full")
 CONFIGS = [(proj_type, bits) for bits in (32, 8) for proj_type in PROJ_TYPES]
 # Checkpointed configs: one per kind of replicated state (right: none, left and full: projected moments).
+DATA_PARALLEL = ("std", 32)  # trained on each rank's share of the batch too
 RESUMED = [("std", 32), ("left", 32), ("full", 8), ("std", 8)]
 
 
@@ -69,14 +70,20 @@ def shard(m: torch.nn.Module, world: int) -> torch.nn.Module:
     return m
 
 
-def train(m, opt, rank: int, world: int, steps: range) -> None:
-    """Steps `steps` of the fixed sequence of global batches; each rank takes
-    its share (the loss is a mean, FSDP2 averages the gradients)."""
+def train(m, opt, rank: int, world: int, steps: range, split: bool = False) -> None:
+    """Steps `steps` of the fixed sequence of global batches. Each rank takes
+    the whole batch, so FSDP2's average of the ranks' gradients is the
+    single-process gradient (bit for bit at world size 2, within a rounding
+    at 3) and a comparison sees the optimizer's sharded math alone; with
+    `split`, each rank takes its share (data parallel: the gradients then
+    differ from one process's by rounding, which 8-bit codes and
+    near-degenerate refreshes can amplify)."""
     data = batches(STEPS, GLOBAL_BATCH)
-    n = GLOBAL_BATCH // world
+    n = GLOBAL_BATCH // world if split else GLOBAL_BATCH
     for t in steps:
         batch = data[t]
-        m(**{k: v[rank * n : (rank + 1) * n] for k, v in batch.items()}).loss.backward()
+        start = rank * n if split else 0
+        m(**{k: v[start : start + n] for k, v in batch.items()}).loss.backward()
         opt.step()
         opt.zero_grad()
 
@@ -137,6 +144,9 @@ def run_configs(rank: int, world: int, out: dict) -> None:
             "replicated": replicated_state(opt),
             "traffic": {"refresh": dict(first.bytes), "step": dict(plain.bytes)},
         }
+    m, opt = fresh(world, *DATA_PARALLEL)
+    train(m, opt, rank, world, range(STEPS), split=True)
+    out["data parallel"] = full_params(m)
 
 
 def run_checkpoints(rank: int, world: int, ckpt_dir: str, out: dict) -> None:
@@ -178,9 +188,7 @@ def run_nonfinite(rank: int, world: int, out: dict) -> None:
     train(m, opt, rank, world, range(3))
     before, state = full_params(m), replicated_state(opt)
     steps = [st["step"] for st in opt.state.values()]
-    batch = batches(STEPS, GLOBAL_BATCH)[3]
-    n = GLOBAL_BATCH // world
-    m(**{k: v[rank * n : (rank + 1) * n] for k, v in batch.items()}).loss.backward()
+    m(**batches(STEPS, GLOBAL_BATCH)[3]).loss.backward()
     if rank == world - 1:
         m.model.layers[1].mlp.up_proj.weight.grad.to_local()[0, 0] = float("nan")
     error = error_of(opt.step)

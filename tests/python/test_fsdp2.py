@@ -76,6 +76,16 @@ def test_trains_as_one_process(results, single_process, group, proj_type, bits):
 
 
 @pytest.mark.parametrize("group", ["2", "3"])
+def test_data_parallel_trains_as_one_process(results, single_process, group):
+    """Each rank on its share of the batch (real data parallelism)."""
+    want = single_process[w.DATA_PARALLEL]
+    for r, out in enumerate(results[(group, "configs")]):
+        err = worst(out["data parallel"], want)
+        record(f"FSDP2 x{group} data parallel vs one process, {w.STEPS} steps", err, BOUND, f"rank {r}")
+        assert err <= BOUND, f"rank {r}: {err:.2e} from one process"
+
+
+@pytest.mark.parametrize("group", ["2", "3"])
 @pytest.mark.parametrize("proj_type, bits", w.CONFIGS)
 def test_replicated_state_is_identical_on_every_rank(results, group, proj_type, bits):
     ranks = [out[(proj_type, bits)]["replicated"] for out in results[(group, "configs")]]
