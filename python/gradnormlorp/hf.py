@@ -12,8 +12,8 @@ or, without reading TrainingArguments:
 
 ``optimizer_cls_and_kwargs`` is transformers' route for an optimizer it does
 not know, and the one left under FSDP, where Trainer refuses a ready-made
-``optimizers=(opt, sched)`` (sharded parameters themselves are not supported
-by GradNormLoRP yet). Trainer's own param groups carry no module names, so
+``optimizers=(opt, sched)`` (FSDP2's sharded parameters are stepped exactly:
+README, Sharded training (FSDP2)). Trainer's own param groups carry no module names, so
 the first element is an optimizer *factory*: Trainer instantiates it and
 calls it with the model it trains, and the factory splits that model with
 :func:`gradnormlorp.target_param_groups`. Trainer then builds its LR
