@@ -217,7 +217,7 @@ func (bt *batch) release() {
 
 // snapshot copies the item's state into the end of its held workspace.
 func (j *job) snapshot(b Backend, it *Item) error {
-	if err := j.eachSnapshot(it, func(st, copy Tensor) error { return b.Copy(copy, st) }); err != nil {
+	if err := snapshotState(b, j.held, j.l.snapshotAt, it.State); err != nil {
 		return err
 	}
 	j.snapshotOK = true
@@ -226,7 +226,7 @@ func (j *job) snapshot(b Backend, it *Item) error {
 
 // restore copies the snapshot back.
 func (j *job) restore(b Backend, it *Item) error {
-	return j.eachSnapshot(it, func(st, copy Tensor) error { return b.Copy(st, copy) })
+	return restoreState(b, j.held, j.l.snapshotAt, it.State)
 }
 
 // rollback restores the snapshot after err.
@@ -237,11 +237,23 @@ func (j *job) rollback(b Backend, it *Item, err error) error {
 	return err
 }
 
-// eachSnapshot calls f with each state buffer and its copy's place.
-func (j *job) eachSnapshot(it *Item, f func(st, copy Tensor) error) error {
-	off := j.l.snapshotAt
-	for _, st := range it.State {
-		c := Tensor{Data: unsafe.Add(j.held.Data, 4*off), DType: st.DType, Shape: st.Shape}
+// snapshotState copies state into held from float32 element `at` on, each
+// buffer rounded up to whole float32s; restoreState copies it back.
+func snapshotState(b Backend, held Tensor, at int, state []Tensor) error {
+	return eachSnapshot(held, at, state, func(st, copy Tensor) error { return b.Copy(copy, st) })
+}
+
+func restoreState(b Backend, held Tensor, at int, state []Tensor) error {
+	return eachSnapshot(held, at, state, func(st, copy Tensor) error { return b.Copy(st, copy) })
+}
+
+func eachSnapshot(held Tensor, at int, state []Tensor, f func(st, copy Tensor) error) error {
+	off := at
+	for _, st := range state {
+		if st.Bytes() == 0 {
+			continue
+		}
+		c := Tensor{Data: unsafe.Add(held.Data, 4*off), DType: st.DType, Shape: st.Shape}
 		if err := f(st, c); err != nil {
 			return err
 		}

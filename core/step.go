@@ -18,23 +18,32 @@ func checkState(param Tensor, state []Tensor, cfg Config) (*cachedLayout, error)
 	if err != nil {
 		return nil, err
 	}
-	specs := l.specs
+	if err := checkBuffers(state, l.specs, param.Shape); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// checkBuffers verifies that state matches specs, the layout of a
+// parameter of shape `shape`. An empty buffer (of a rank holding no rows of
+// a sharded parameter) may have no data.
+func checkBuffers(state []Tensor, specs []BufferSpec, shape Shape) error {
 	if len(state) != len(specs) {
-		return nil, Errorf(CodeShape, "got %d state buffers, want %d for a %v parameter under this config (query the state layout)", len(state), len(specs), param.Shape)
+		return Errorf(CodeShape, "got %d state buffers, want %d for a %v parameter under this config (query the state layout)", len(state), len(specs), shape)
 	}
 	for i, spec := range specs {
 		st := state[i]
-		if st.Data == nil {
-			return nil, Errorf(CodeNullPointer, "state buffer %d (%s) is null", i, spec.Name)
+		if st.Data == nil && spec.Bytes() > 0 {
+			return Errorf(CodeNullPointer, "state buffer %d (%s) is null", i, spec.Name)
 		}
 		if st.DType != spec.DType {
-			return nil, Errorf(CodeDType, "state buffer %d (%s) has dtype %v, want %v", i, spec.Name, st.DType, spec.DType)
+			return Errorf(CodeDType, "state buffer %d (%s) has dtype %v, want %v", i, spec.Name, st.DType, spec.DType)
 		}
 		if !st.Shape.Equal(spec.Shape) {
-			return nil, Errorf(CodeShape, "state buffer %d (%s) has shape %v, want %v", i, spec.Name, st.Shape, spec.Shape)
+			return Errorf(CodeShape, "state buffer %d (%s) has shape %v, want %v", i, spec.Name, st.Shape, spec.Shape)
 		}
 	}
-	return l, nil
+	return nil
 }
 
 // Init fills freshly allocated state for param: moments and projectors
@@ -141,7 +150,7 @@ func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) erro
 	if err := decodeProjectors(b, st); err != nil {
 		return err
 	}
-	if (it.Step-1)%int64(it.Config.UpdateProjGap) == 0 {
+	if it.refreshes() {
 		// Checked before an SVD sees it: non-finite input can make an SVD
 		// spin. (Without a refresh, NaN or Inf in dV reaches R, checked
 		// below.)
@@ -151,14 +160,7 @@ func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) erro
 		if err := refresh(b, l, it, st, w.dv, &w.refresh); err != nil {
 			return err
 		}
-		for _, p := range [2]projector{st.left, st.right} {
-			if p.packed.Codes.Data != nil {
-				if err := b.Encode(p.view, p.packed); err != nil {
-					return err
-				}
-			}
-		}
-		if err := decodeProjectors(b, st); err != nil {
+		if err := storeProjectors(b, st); err != nil {
 			return err
 		}
 	}
@@ -264,6 +266,22 @@ func (it *Item) work(l *cachedLayout, held, transient Tensor) (state, workspace)
 type workspace struct {
 	dg, r, dv, tmp Tensor
 	refresh        arena
+}
+
+// refreshes reports whether the item's step refreshes its projectors.
+func (it *Item) refreshes() bool { return (it.Step-1)%int64(it.Config.UpdateProjGap) == 0 }
+
+// storeProjectors quantises freshly computed projectors into their codes
+// and decodes them again, so that steps use them exactly as stored.
+func storeProjectors(b Backend, st state) error {
+	for _, p := range [2]projector{st.left, st.right} {
+		if p.packed.Codes.Data != nil {
+			if err := b.Encode(p.view, p.packed); err != nil {
+				return err
+			}
+		}
+	}
+	return decodeProjectors(b, st)
 }
 
 // decodeProjectors expands quantised projectors into their float32 views.

@@ -99,9 +99,12 @@ func (t Tensor) Cols() int {
 func (t Tensor) Bytes() int { return t.Shape.Numel() * t.DType.Size() }
 
 // carve returns the region of t at element offset off with the given shape.
-// The region must be non-empty and inside t: a pointer past the end of Go
-// memory would be invalid.
+// The region must be inside t; an empty one has no data (a pointer past the
+// end of Go memory would be invalid).
 func (t Tensor) carve(off int, shape Shape) Tensor {
+	if shape.Numel() == 0 {
+		return Tensor{DType: t.DType, Shape: shape}
+	}
 	return Tensor{
 		Data:  unsafe.Add(t.Data, off*t.DType.Size()),
 		DType: t.DType,

@@ -47,3 +47,17 @@ func (Backend) Copy(dst, src core.Tensor) error {
 	copy(unsafeBytes(dst), unsafeBytes(src))
 	return nil
 }
+
+var _ core.HostIO = Backend{}
+
+// ToHost copies src (float32) into dst: both are host memory.
+func (Backend) ToHost(dst []float32, src core.Tensor) error {
+	copy(dst, f32(src))
+	return nil
+}
+
+// FromHost copies src into dst (float32).
+func (Backend) FromHost(dst core.Tensor, src []float32) error {
+	copy(f32(dst), src)
+	return nil
+}
