@@ -124,18 +124,18 @@ func (c rankCollective) GatherRows(local, whole core.Tensor) error {
 // shardedParam is one parameter, whole (the reference, stepped by
 // StepBatch) and split by rows over the ranks (stepped by StepSharded).
 type shardedParam struct {
-	shape  core.Shape
-	cfg    core.Config
-	whole  *param
+	shape core.Shape
+	cfg   core.Config
+	whole *param
 	// control is the whole parameter stepped on gradients changed by one
 	// part in 10^7 (about one float32 rounding): how far rounding alone
 	// moves the single-process run.
 	control *param
-	shards []core.Shard
-	local  [][]float32   // per rank: weights
-	grads  [][]float32   // per rank: gradient rows
-	state  [][][]float32 // per rank, per buffer
-	items  []core.Item   // per rank
+	shards  []core.Shard
+	local   [][]float32   // per rank: weights
+	grads   [][]float32   // per rank: gradient rows
+	state   [][][]float32 // per rank, per buffer
+	items   []core.Item   // per rank
 }
 
 func cols(shape core.Shape) int {
