@@ -45,6 +45,7 @@ BENCH_STAMP := $(VENV)/.bench-requirements-stamp
 LIB := build/libgradnormlorp.so
 PYLIB := python/gradnormlorp/libgradnormlorp.so
 CTEST := tests/c/test_abi
+CTEST_SHARDED := tests/c/test_sharded
 GO_SRC := $(shell find core capi cuda -type f \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name '*.cu' \) 2>/dev/null)
 CFLAGS_TEST := -std=c99 -O1 -g -Wall -Wextra -Werror -pedantic -Iinclude
 
@@ -121,8 +122,8 @@ gotest: | check-go
 	@echo ">> go test ./..."
 	$(GO) test ./...
 
-$(CTEST): tests/c/test_abi.c include/gradnormlorp.h $(LIB)
-	$(CC) $(CFLAGS_TEST) -o $@ tests/c/test_abi.c -Lbuild -lgradnormlorp \
+$(CTEST) $(CTEST_SHARDED): tests/c/%: tests/c/%.c include/gradnormlorp.h $(LIB)
+	$(CC) $(CFLAGS_TEST) -o $@ $< -Lbuild -lgradnormlorp \
 	  -Wl,-rpath,'$$ORIGIN/../../build' -lm -pthread
 
 header-cxx:
@@ -133,11 +134,14 @@ header-cxx:
 
 # The second run makes the Go GC collect at every 1% of heap growth, which
 # turns unsafe/cgo pointer misuse inside the library into a crash here.
-ctest: $(CTEST) header-cxx
+ctest: $(CTEST) $(CTEST_SHARDED) header-cxx
 	@echo ">> C ABI test ($(CTEST))"
 	./$(CTEST)
 	@echo ">> C ABI test under GC pressure (GOGC=1)"
 	GOGC=1 ./$(CTEST)
+	@echo ">> C ABI sharded-step test, ranks as threads ($(CTEST_SHARDED))"
+	./$(CTEST_SHARDED)
+	GOGC=1 ./$(CTEST_SHARDED)
 
 pytest: venv lib
 	@echo ">> pytest tests/python"
@@ -247,7 +251,7 @@ gotch-demo: libtorch gotch-fork
 
 # ---------------------------------------------------------------- clean
 clean:
-	rm -rf build dist python/*.egg-info *.egg-info $(PYLIB) python/gradnormlorp/libgnlp_cuda.so $(CTEST) capi/libgradnormlorp.h
+	rm -rf build dist python/*.egg-info *.egg-info $(PYLIB) python/gradnormlorp/libgnlp_cuda.so $(CTEST) $(CTEST_SHARDED) capi/libgradnormlorp.h
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

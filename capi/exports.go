@@ -49,16 +49,21 @@ func gnlp_state_layout(param *C.gnlp_tensor, config *C.gnlp_config, specs *C.gnl
 		if err != nil {
 			return err
 		}
-		*count = C.int32_t(len(layout))
-		if int(capacity) < len(layout) {
-			return core.Errorf(core.CodeBufferTooSmall, "specs has room for %d buffers, the layout has %d", int32(capacity), len(layout))
-		}
-		out := unsafe.Slice(specs, len(layout))
-		for i, b := range layout {
-			out[i] = bufferSpecToC(b)
-		}
-		return nil
+		return writeSpecs(layout, specs, capacity, count)
 	})
+}
+
+// writeSpecs reports a layout into the caller's specs array.
+func writeSpecs(layout []core.BufferSpec, specs *C.gnlp_buffer_spec, capacity C.int32_t, count *C.int32_t) error {
+	*count = C.int32_t(len(layout))
+	if int(capacity) < len(layout) {
+		return core.Errorf(core.CodeBufferTooSmall, "specs has room for %d buffers, the layout has %d", int32(capacity), len(layout))
+	}
+	out := unsafe.Slice(specs, len(layout))
+	for i, b := range layout {
+		out[i] = bufferSpecToC(b)
+	}
+	return nil
 }
 
 func bufferSpecToC(b core.BufferSpec) C.gnlp_buffer_spec {

@@ -85,6 +85,12 @@ func configToC(cfg core.Config) C.gnlp_config {
 // tensorFromC checks a gnlp_tensor (pointer, dtype, rank, shape, strides,
 // alignment, device) and converts it. `what` names it in messages.
 func tensorFromC(t *C.gnlp_tensor, what string) (core.Tensor, error) {
+	return convertTensor(t, what, false)
+}
+
+// convertTensor is tensorFromC; with allowEmpty, the first dimension may
+// be 0 (a rank's rows of a sharded parameter), and then data may be NULL.
+func convertTensor(t *C.gnlp_tensor, what string, allowEmpty bool) (core.Tensor, error) {
 	if t == nil {
 		return core.Tensor{}, nullError(what)
 	}
@@ -92,7 +98,7 @@ func tensorFromC(t *C.gnlp_tensor, what string) (core.Tensor, error) {
 	if dtype.Size() == 0 {
 		return core.Tensor{}, core.Errorf(core.CodeDType, "%s has unknown dtype %d", what, int32(t.dtype))
 	}
-	shape, err := shapeFromC(t, what)
+	shape, err := shapeOf(t, what, allowEmpty)
 	if err != nil {
 		return core.Tensor{}, err
 	}
@@ -108,6 +114,9 @@ func tensorFromC(t *C.gnlp_tensor, what string) (core.Tensor, error) {
 	if _, err := deviceFromC(t, what); err != nil {
 		return core.Tensor{}, err
 	}
+	if shape.Numel() == 0 {
+		return core.Tensor{DType: dtype, Shape: shape}, nil
+	}
 	if t.data == nil {
 		return core.Tensor{}, core.Errorf(core.CodeNullPointer, "%s data is NULL", what)
 	}
@@ -119,6 +128,11 @@ func tensorFromC(t *C.gnlp_tensor, what string) (core.Tensor, error) {
 
 // shapeFromC reads the rank and shape of t, rejecting empty dimensions.
 func shapeFromC(t *C.gnlp_tensor, what string) (core.Shape, error) {
+	return shapeOf(t, what, false)
+}
+
+// shapeOf is shapeFromC; with allowEmpty, the first dimension may be 0.
+func shapeOf(t *C.gnlp_tensor, what string, allowEmpty bool) (core.Shape, error) {
 	ndim := int(t.ndim)
 	if ndim != 1 && ndim != 2 {
 		return nil, core.Errorf(core.CodeShape, "%s has %d dimensions; only 1 and 2 are supported", what, ndim)
@@ -126,7 +140,7 @@ func shapeFromC(t *C.gnlp_tensor, what string) (core.Shape, error) {
 	shape := make(core.Shape, ndim)
 	for i := range shape {
 		shape[i] = int(t.shape[i])
-		if shape[i] <= 0 {
+		if shape[i] <= 0 && !(allowEmpty && i == 0 && shape[i] == 0) {
 			return nil, core.Errorf(core.CodeShape, "%s has non-positive dimension %d in shape %v", what, shape[i], shape)
 		}
 	}
@@ -143,6 +157,11 @@ func stridesOf(t *C.gnlp_tensor) []int64 {
 
 // stateFromC converts the caller's state array.
 func stateFromC(state *C.gnlp_tensor, n C.int32_t) ([]core.Tensor, error) {
+	return convertState(state, n, false)
+}
+
+// convertState is stateFromC; with allowEmpty, buffers may be empty.
+func convertState(state *C.gnlp_tensor, n C.int32_t, allowEmpty bool) ([]core.Tensor, error) {
 	if n < 0 || n > C.GNLP_MAX_STATE {
 		return nil, core.Errorf(core.CodeInvalidArgument, "n_state is %d, must be in [0, %d]", int32(n), C.GNLP_MAX_STATE)
 	}
@@ -152,7 +171,7 @@ func stateFromC(state *C.gnlp_tensor, n C.int32_t) ([]core.Tensor, error) {
 	cs := unsafe.Slice(state, int(n))
 	out := make([]core.Tensor, len(cs))
 	for i := range cs {
-		t, err := tensorFromC(&cs[i], fmt.Sprintf("state[%d]", i))
+		t, err := convertTensor(&cs[i], fmt.Sprintf("state[%d]", i), allowEmpty)
 		if err != nil {
 			return nil, err
 		}
