@@ -96,6 +96,25 @@ func (b Backend) Read(host, src unsafe.Pointer, bytes int) error {
 	return e.check(C.gc_read(b.api(), b.dev(), host, src, i64(bytes), b.Stream, e.ptr(), e.len()))
 }
 
+// Write copies bytes of host memory into device memory, waiting for the
+// stream.
+func (b Backend) Write(dst, host unsafe.Pointer, bytes int) error {
+	var e errText
+	return e.check(C.gc_write(b.api(), b.dev(), dst, host, i64(bytes), b.Stream, e.ptr(), e.len()))
+}
+
+var _ core.HostIO = Backend{}
+
+// ToHost copies src (float32) into dst, for sharded steps' verdicts.
+func (b Backend) ToHost(dst []float32, src core.Tensor) error {
+	return b.Read(unsafe.Pointer(&dst[0]), src.Data, 4*len(dst))
+}
+
+// FromHost copies src into dst (float32).
+func (b Backend) FromHost(dst core.Tensor, src []float32) error {
+	return b.Write(dst.Data, unsafe.Pointer(&src[0]), 4*len(src))
+}
+
 // ScratchPool reports the library's scratch pool on the device (bytes reserved
 // from the driver, in use, high-water mark of in use), first returning
 // unused memory to the driver when release is set.

@@ -808,6 +808,15 @@ int gnlp_cuda_read(int32_t device, void *host, const void *src, int64_t bytes, v
     return kOK;
 }
 
+int gnlp_cuda_write(int32_t device, void *dst, const void *host, int64_t bytes, void *stream, char *err_buf,
+                    size_t err_len) {
+    ENTER(device);
+    STREAM;
+    CUDA_TRY(cudaMemcpyAsync(dst, host, (size_t)bytes, cudaMemcpyHostToDevice, st));
+    CUDA_TRY(cudaStreamSynchronize(st));
+    return kOK;
+}
+
 int gnlp_cuda_scratch_info(int32_t device, int32_t release, int64_t *reserved, int64_t *used, int64_t *peak,
                            char *err_buf, size_t err_len) {
     ENTER(device);

@@ -79,6 +79,10 @@ int gnlp_cuda_copy(int32_t device, void *dst, const void *src, int64_t bytes, vo
 /* Copies bytes from device to host memory and WAITS for the stream. */
 int gnlp_cuda_read(int32_t device, void *host, const void *src, int64_t bytes, void *stream, char *err,
                    size_t err_len);
+/* Copies bytes from host to device memory and WAITS for the stream (host
+ * may be pageable memory that is gone after the call). */
+int gnlp_cuda_write(int32_t device, void *dst, const void *host, int64_t bytes, void *stream, char *err,
+                    size_t err_len);
 /* The scratch pool of `device`: bytes reserved from the driver, in use, and
  * the high-water mark of in-use bytes. With release != 0, unused reserved
  * memory is first returned to the driver. */

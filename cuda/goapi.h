@@ -22,6 +22,8 @@
       (d, dst, src, b, s, e, l))                                                                              \
     X(read, int, (int32_t d, void *h, const void *p, int64_t b, void *s, char *e, size_t l),                  \
       (d, h, p, b, s, e, l))                                                                                  \
+    X(write, int, (int32_t d, void *p, const void *h, int64_t b, void *s, char *e, size_t l),                 \
+      (d, p, h, b, s, e, l))                                                                                  \
     X(scratch_info, int, (int32_t d, int32_t r, int64_t *res, int64_t *used, int64_t *peak, char *e, size_t l), \
       (d, r, res, used, peak, e, l))                                                                          \
     X(all_finite, int, (int32_t d, const void *x, int32_t dt, int64_t n, int32_t *f, void *s, char *e, size_t l), \

@@ -393,19 +393,29 @@ gnlp_status gnlp_shard_state_init(const gnlp_tensor *param, const gnlp_shard *sh
  * items in the same order (same whole shapes, configs and steps; the local
  * rows differ), and it makes the same sequence of `collective` calls on
  * every rank, even on a rank that finds an error: ranks first agree on
- * validation (one GNLP_COLLECTIVE_SUM of a status flag) and, before any
- * parameter is written, on the computed step (one more), so either every
- * rank steps or every rank returns an error and changes nothing (the rank
- * that found the problem names it; the others return GNLP_ERR_COLLECTIVE
- * "refused on another rank").
+ * validation (one GNLP_COLLECTIVE_MAX of 3 floats: a failure flag and a
+ * 24-bit fingerprint of the items' whole shapes, configs and steps, and its
+ * negation, so ranks stepping different parameters are refused rather than
+ * left waiting) and, before any parameter is written, on the computed step
+ * (one more), so either every rank steps or every rank returns an error and
+ * changes nothing (the rank that found the problem names it; the others
+ * return GNLP_ERR_COLLECTIVE "refused on another rank"; mismatched items:
+ * GNLP_ERR_INVALID_ARGUMENT on every rank). A callback that fails ends the
+ * step on that rank with GNLP_ERR_COLLECTIVE, state rolled back; the
+ * caller's transport must then fail the other ranks' pending calls too (as
+ * torch.distributed does when a peer drops out). Items' local parts and
+ * row-sharded state buffers may have 0 rows (data may then be NULL).
  *
  * Communication, per projected parameter: right projection (dV Q^T) none
  * per step; left (P^T dV) one GNLP_COLLECTIVE_SUM of k x n; full one of
  * k x k; at a refresh one GNLP_COLLECTIVE_GATHER_ROWS of dV (m x n float32,
  * so every rank runs the same SVD or subspace iteration on the whole dV and
  * gets the same projectors bit for bit); 8/4-bit row-sharded buffers one
- * GNLP_COLLECTIVE_MAX of the absmax of the blocks split between ranks. Plain
- * AdamW parameters are elementwise: nothing beyond that MAX. */
+ * GNLP_COLLECTIVE_MAX of 2 x world_size floats (the absmax of the blocks
+ * split between ranks). Plain AdamW parameters are elementwise: nothing
+ * beyond that MAX. A 4-bit row-sharded buffer whose ranks' blocks of rows
+ * hold an odd number of values (two ranks would share a byte) is refused
+ * with GNLP_ERR_SHAPE. */
 gnlp_status gnlp_step_sharded(const gnlp_step_item *items, const gnlp_shard *shards,
                               int32_t n_items, gnlp_collective_fn collective, void *ctx,
                               void *stream);

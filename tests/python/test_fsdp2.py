@@ -58,15 +58,27 @@ def results(tmp_path_factory):
     return out
 
 
+def _single(proj_type: str, bits: int, nudge: bool = False) -> dict:
+    m = w.model()
+    w.train(m, w.optimizer(m, proj_type, bits), 0, 1, range(w.STEPS), nudge=nudge)
+    return {n: p.detach().clone() for n, p in m.named_parameters()}
+
+
 @pytest.fixture(scope="module")
 def single_process():
     """Every config trained in one process on the whole batch."""
-    out = {}
-    for proj_type, bits in w.CONFIGS:
-        m = w.model()
-        w.train(m, w.optimizer(m, proj_type, bits), 0, 1, range(w.STEPS))
-        out[(proj_type, bits)] = {n: p.detach().clone() for n, p in m.named_parameters()}
-    return out
+    return {config: _single(*config) for config in w.CONFIGS}
+
+
+@pytest.fixture(scope="module")
+def rounding(single_process):
+    """How far one float32 rounding of every gradient moves the single-process
+    run, per config. Adam turns values that are zero in exact arithmetic
+    into steps of size lr whatever their rounding noise (the off-diagonal of
+    "full"'s k x k projected gradient right after a refresh, whose basis
+    diagonalises it), so there the run itself is only defined to rounding,
+    and the sharded sums of partial products round differently."""
+    return {config: worst(_single(*config, nudge=True), single_process[config]) for config in w.CONFIGS}
 
 
 def worst(got: dict, want: dict) -> float:
@@ -76,15 +88,21 @@ def worst(got: dict, want: dict) -> float:
 
 @pytest.mark.parametrize("group", ["2", "3"])
 @pytest.mark.parametrize("proj_type, bits", w.CONFIGS)
-def test_trains_as_one_process(results, single_process, group, proj_type, bits):
+def test_trains_as_one_process(results, single_process, rounding, group, proj_type, bits):
+    """Within 1e-5 of one process, or (where the math amplifies rounding,
+    see `rounding`) no further than one rounding of the gradients moves it."""
     ranks = results[(group, "configs")]
     want = single_process[(proj_type, bits)]
+    bound = max(BOUND, 3 * rounding[(proj_type, bits)])
     initial = {n: p.detach() for n, p in w.model().named_parameters()}
     for r, out in enumerate(ranks):
         got = out[(proj_type, bits)]["params"]
         err = worst(got, want)
-        record(f"FSDP2 x{group} vs one process, {w.STEPS} steps", err, BOUND, f"{proj_type}, {bits}-bit, rank {r}")
-        assert err <= BOUND, f"rank {r}: {err:.2e} from one process"
+        record(
+            f"FSDP2 x{group} vs one process, {w.STEPS} steps", err, bound,
+            f"{proj_type}, {bits}-bit, rank {r} (one rounding moves it {rounding[(proj_type, bits)]:.1e})",
+        )
+        assert err <= bound, f"rank {r}: {err:.2e} from one process"
         assert all(not torch.equal(got[n], initial[n]) for n in initial), "training must move every parameter"
 
 
@@ -111,10 +129,10 @@ def test_replicated_state_is_identical_on_every_rank(results, group, proj_type, 
 
 def test_right_projection_communicates_nothing_between_refreshes(results):
     """A right projection ("right") at 32 bits: no collective but the two
-    status agreements between refreshes; at a refresh, dV is gathered."""
+    agreements (3 floats each) between refreshes; at a refresh, dV is gathered."""
     traffic = results[("2", "configs")][0][("right", 32)]["traffic"]
-    assert traffic["step"].get("gather_rows", 0) == 0 and traffic["refresh"]["gather_rows"] > 0
-    assert traffic["step"]["sum"] < 64, traffic  # the agreement flags only: a few bytes per call
+    assert traffic["step"] == {"max": 24}, traffic
+    assert traffic["refresh"]["gather_rows"] > 0
 
 
 @pytest.mark.parametrize("proj_type, bits", w.RESUMED)
