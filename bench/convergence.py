@@ -1,31 +1,37 @@
-"""Convergence benchmark (issue 5): pre-train a small LLaMA from scratch on
-real text with full-rank AdamW, galore-torch GaLoreAdamW, GradNormLoRP
-(32/8/4-bit state, exact-SVD and subspace refresh) and LoRA (peft), and
-compare held-out loss, speed and optimizer-state memory.
+"""Convergence benchmark (issues 5 and 11): pre-train a small LLaMA from
+scratch on real text with full-rank AdamW, galore-torch GaLoreAdamW,
+GradNormLoRP (32/8/4-bit state, exact-SVD and subspace refresh), APOLLO and
+APOLLO-Mini (apollo-torch), Fira (fira) and LoRA (peft), and compare held-out
+loss, speed and optimizer-state memory over several seeds.
 
-    PYTHONPATH=python python bench/convergence.py        # ~15-20 min on 2 cores
-    PYTHONPATH=python python bench/convergence.py --steps 200 --methods adamw,gnlp32 --out /tmp/c
+    PYTHONPATH=python python bench/convergence.py        # about an hour on 2 cores
+    PYTHONPATH=python python bench/convergence.py --steps 200 --seeds 1 --methods adamw,gnlp32 --out /tmp/c
 
-Needs torch, transformers, galore-torch, peft and matplotlib
-(requirements-bench.txt) and the built gradnormlorp package.
+Needs torch, transformers, galore-torch, apollo-torch, fira, peft, tqdm and
+matplotlib (requirements-bench.txt) and the built gradnormlorp package.
 
-Every method sees the same model initialisation (one seed), the same batches
-in the same order, the same number of steps and the same schedule (linear
-warmup over 10% of the steps, cosine decay to 10% of the peak LR, as GaLore's
+Every method sees the same model initialisations and the same batches in the
+same order (one pair per seed: --seeds runs from --seed on, each seed sets
+both), the same number of steps and the same schedule (linear warmup over
+10% of the steps, cosine decay to 10% of the peak LR, as GaLore's
 pre-training runs), fp32, gradient clipping at 1.0, betas (0.9, 0.999), eps
-1e-8, no weight decay. Tokens are raw bytes (vocabulary 256).
+1e-8, no weight decay. Tokens are raw bytes (vocabulary 256). The low-rank
+methods project the same weights (attention and MLP); everything else is a
+plain Adam group inside the same optimizer.
 
 The corpus is split 80/10/10: the first 80% is trained on, the next 10%
 (validation) picks the learning rates, the last 10% (test) gives the
 reported loss. Peak LRs come from one identical rule for every method: a
-short run (--sweep-steps, same schedule compressed) at each LR of --lrs, and
-the LR with the lowest validation loss wins. GradNormLoRP's 8-bit, 4-bit and
-subspace-refresh rows reuse the LR picked for its 32-bit SVD row, so that
-they show the effect of quantisation / the fast refresh alone. --lr LR
-instead trains every method at one shared LR (no sweep).
+short run (--sweep-steps, same schedule compressed, first seed only) at each
+LR of --lrs, and the LR with the lowest validation loss wins. GradNormLoRP's
+8-bit, 4-bit and subspace-refresh rows reuse the LR picked for its 32-bit SVD
+row, so that they show the effect of quantisation / the fast refresh alone.
+--lr LR instead trains every method at one shared LR (no sweep). Each row
+reports the mean and standard deviation of the test loss over the seeds.
 
 Writes DIR/convergence.md (tables), DIR/convergence.png (train and eval
-loss curves) and DIR/convergence.json (all numbers and curves).
+loss curves, mean over the seeds with a min..max band) and
+DIR/convergence.json (all numbers and curves, every seed's).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +60,18 @@ DEFAULT_CORPUS = os.path.join(os.path.dirname(ROOT), "shared", "data", "tinyshak
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BETAS = (0.9, 0.999)
 EPS = 1e-8
+# The peers' own settings, from their READMEs and LLaMA-60M C4 scripts (APOLLO: the README,
+# also apollo-torch's PyPI description, and scripts/pretrain_c4/llama_60m_apollo{,_mini}.sh;
+# Fira: the README and pre_training_c4/scripts/llama_60m.sh). Their rank rule (1/4 of the
+# model width, as GaLore's) is the bench's default --rank 32 for --hidden 128.
+APOLLO_SCALE = 1.0  # "default value for APOLLO"
+APOLLO_MINI_RANK = 1
+APOLLO_MINI_SCALE = 128.0  # "default value for APOLLO-Mini"
+# The norm-growth limiter after the scale: the README's advice for short warmups "e.g.
+# LLaMA 60M and 130M with APOLLO-Mini", and what the Mini scripts of those sizes pass.
+APOLLO_MINI_SCALE_FRONT = True
+APOLLO_GAP = 200  # update_proj_gap of every APOLLO script and of the README's example
+FIRA_ALPHA = 0.25  # the README's pre-training command (divide_params defaults to 1.0)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,20 +80,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="training steps per method (default %(default)s)")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS, help="text file, byte-level (default %(default)s)")
-    ap.add_argument("--rank", type=int, default=32, help="rank of GaLore, GradNormLoRP and LoRA (default %(default)s)")
+    ap.add_argument(
+        "--rank", type=int, default=32, help="rank of GaLore, GradNormLoRP, APOLLO, Fira and LoRA (default %(default)s)"
+    )
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"), help="output directory (default bench/out)")
-    ap.add_argument("--methods", default=",".join(METHODS),
-                    help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
-    ap.add_argument("--seed", type=int, default=0, help="model init and batch order (default %(default)s)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="torch threads and GOMAXPROCS (default: all cores, %(default)s)")
+    ap.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)} (default: all)"
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="first seed; each seed sets the model init and the batch order (default %(default)s)",
+    )
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds of every method's final run, from --seed on; the LR sweep uses the first (default %(default)s)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch threads and GOMAXPROCS (default: all cores, %(default)s)",
+    )
     ap.add_argument("--lr", type=float, default=None, help="one shared peak LR for all methods (skips the sweep)")
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2", help="peak LRs of the sweep (default %(default)s)")
     ap.add_argument("--sweep-steps", type=int, default=None, help="steps of each sweep run (default: steps/4)")
     add_model_arguments(ap)  # --scale is also LoRA's lora_alpha / r
     ap.add_argument("--evals", type=int, default=12, help="points on the eval curve (default %(default)s)")
-    ap.add_argument("--curve-batches", type=int, default=8,
-                    help="test batches per curve point; the final loss uses the whole test split (default %(default)s)")
+    ap.add_argument(
+        "--curve-batches",
+        type=int,
+        default=8,
+        help="test batches per curve point; the final loss uses the whole test split (default %(default)s)",
+    )
     args = ap.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
@@ -83,8 +124,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.lrs = [float(x) for x in args.lrs.split(",")]
     if args.sweep_steps is None:
         args.sweep_steps = max(1, args.steps // 4)
-    for name in ("steps", "rank", "threads", "sweep_steps", "update_proj_gap", "hidden", "layers", "heads",
-                 "batch_size", "seq_len", "evals", "curve_batches"):
+    for name in (
+        "steps",
+        "seeds",
+        "rank",
+        "threads",
+        "sweep_steps",
+        "update_proj_gap",
+        "hidden",
+        "layers",
+        "heads",
+        "batch_size",
+        "seq_len",
+        "evals",
+        "curve_batches",
+    ):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.hidden % args.heads:
@@ -100,27 +154,35 @@ class Method:
     label: str
     lr_from: str  # the method whose swept LR this one uses (itself for a sweep of its own)
     make: Callable  # (model, lr, args) -> (model to train, optimizer)
+    rank: int | None = None  # a rank of its own (APOLLO-Mini's), else the bench's --rank
 
 
 def make_adamw(model, lr, args):
     return model, torch.optim.AdamW(model.parameters(), lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0)
 
 
-def projected_groups(model, args):
+def projected_groups(model, args, **projection):
     """Attention and MLP weights projected, the rest plain: GaLore's README split.
     The group format (rank, update_proj_gap, scale, proj_type) is GaLore's, so
-    both optimizers get identical groups."""
+    GaLore and GradNormLoRP get identical groups; a peer with options of its
+    own passes them as `projection`, which replace GaLore's in the projected
+    group (same weights, same plain group)."""
     from gradnormlorp import target_param_groups
 
-    return target_param_groups(model, TARGETS, rank=args.rank, update_proj_gap=args.update_proj_gap,
-                               scale=args.scale, proj_type="std")
+    groups = target_param_groups(
+        model, TARGETS, rank=args.rank, update_proj_gap=args.update_proj_gap, scale=args.scale, proj_type="std"
+    )
+    if not projection:
+        return groups
+    return [{"params": g["params"], **projection} if "rank" in g else g for g in groups]
 
 
 def make_galore(model, lr, args):
     from galore_torch import GaLoreAdamW
 
-    opt = GaLoreAdamW(projected_groups(model, args), lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0,
-                      no_deprecation_warning=True)
+    opt = GaLoreAdamW(
+        projected_groups(model, args), lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0, no_deprecation_warning=True
+    )
     return model, opt
 
 
@@ -128,11 +190,53 @@ def gnlp_maker(bits: int, refresh: str):
     def make(model, lr, args):
         from gradnormlorp import GradNormLoRP
 
-        opt = GradNormLoRP(projected_groups(model, args), lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0,
-                           optim_bits=bits, refresh=refresh)
+        opt = GradNormLoRP(
+            projected_groups(model, args),
+            lr=lr,
+            betas=BETAS,
+            eps=EPS,
+            weight_decay=0.0,
+            optim_bits=bits,
+            refresh=refresh,
+        )
         return model, opt
 
     return make
+
+
+def apollo_maker(rank: int | None, scale_type: str, scale: float, scale_front: bool):
+    """APOLLO (channel-wise scaling) or APOLLO-Mini (tensor-wise, rank 1),
+    random projection as the README sets both up; rank None is --rank."""
+
+    def make(model, lr, args):
+        from apollo_torch import APOLLOAdamW
+
+        groups = projected_groups(
+            model,
+            args,
+            rank=rank or args.rank,
+            proj="random",
+            scale_type=scale_type,
+            scale=scale,
+            update_proj_gap=APOLLO_GAP,
+            proj_type="std",
+        )
+        opt = APOLLOAdamW(groups, lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0, scale_front=scale_front)
+        return model, opt
+
+    return make
+
+
+def make_fira(model, lr, args):
+    """Fira: GaLore's SVD subspace plus the norm-scaled rest of the gradient;
+    rank and refresh gap are the bench's, as GaLore's."""
+    from fira import FiraAdamW
+
+    groups = projected_groups(
+        model, args, rank=args.rank, update_proj_gap=args.update_proj_gap, alpha=FIRA_ALPHA, proj_type="std"
+    )
+    opt = FiraAdamW(groups, lr=lr, betas=BETAS, eps=EPS, weight_decay=0.0, no_deprecation_warning=True)
+    return model, opt
 
 
 def make_lora(model, lr, args):
@@ -142,8 +246,9 @@ def make_lora(model, lr, args):
     the output head, which the other methods also train in full."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=args.rank, lora_alpha=args.scale * args.rank, lora_dropout=0.0,
-                        target_modules=TARGETS, bias="none")
+    config = LoraConfig(
+        r=args.rank, lora_alpha=args.scale * args.rank, lora_dropout=0.0, target_modules=TARGETS, bias="none"
+    )
     model = get_peft_model(model, config)
     frozen = {id(m.base_layer.weight) for m in model.modules() if hasattr(m, "base_layer")}
     for p in model.parameters():
@@ -155,6 +260,16 @@ def make_lora(model, lr, args):
 METHODS = {
     "adamw": Method("AdamW (full rank)", "adamw", make_adamw),
     "galore": Method("GaLore AdamW", "galore", make_galore),
+    "apollo": Method(
+        "APOLLO (channel-wise, random proj.)", "apollo", apollo_maker(None, "channel", APOLLO_SCALE, scale_front=False)
+    ),
+    "apollo-mini": Method(
+        "APOLLO-Mini (tensor-wise, random proj.)",
+        "apollo-mini",
+        apollo_maker(APOLLO_MINI_RANK, "tensor", APOLLO_MINI_SCALE, scale_front=APOLLO_MINI_SCALE_FRONT),
+        rank=APOLLO_MINI_RANK,
+    ),
+    "fira": Method("Fira AdamW", "fira", make_fira),
     "gnlp32": Method("GradNormLoRP 32-bit, svd", "gnlp32", gnlp_maker(32, "svd")),
     "gnlp8": Method("GradNormLoRP 8-bit, svd", "gnlp32", gnlp_maker(8, "svd")),
     "gnlp4": Method("GradNormLoRP 4-bit, svd", "gnlp32", gnlp_maker(4, "svd")),
@@ -182,22 +297,23 @@ def windows(split, seq_len: int, count: int | None = None):
     spread evenly over it."""
     n = len(split) // seq_len
     idx = range(n) if count is None or count >= n else torch.linspace(0, n - 1, count).long().tolist()
-    return torch.stack([split[i * seq_len:(i + 1) * seq_len] for i in idx])
+    return torch.stack([split[i * seq_len : (i + 1) * seq_len] for i in idx])
 
 
-def batch_starts(train, args):
-    """The start offsets of every training batch: one order shared by all runs."""
-    gen = torch.Generator().manual_seed(args.seed)
-    return torch.randint(0, len(train) - args.seq_len, (args.steps, args.batch_size), generator=gen)
+def batch_starts(train, steps: int, seed: int, args):
+    """The start offsets of every training batch: one order per seed, shared
+    by all methods."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, len(train) - args.seq_len, (steps, args.batch_size), generator=gen)
 
 
 # -------------------------------------------------------------------- model
 
 
-def build_model(args):
+def build_model(args, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(args.seed)  # every method starts from the same weights
+    torch.manual_seed(seed)  # every method starts from the same weights at a seed
     config = LlamaConfig(
         vocab_size=256,
         hidden_size=args.hidden,
@@ -226,6 +342,7 @@ def lr_factor(step: int, steps: int) -> float:
 def state_bytes(opt) -> int:
     """Bytes of every tensor the optimizer keeps per parameter, including
     tensors held inside objects (GaLore's projector)."""
+
     def size(v) -> int:
         if isinstance(v, torch.Tensor):
             return v.numel() * v.element_size()
@@ -243,6 +360,7 @@ class Run:
     method: str
     lr: float
     steps: int
+    seed: int
     train_loss: list[float] = field(default_factory=list)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss on test windows)
     final_loss: float = math.nan  # on the whole held-out split
@@ -261,21 +379,23 @@ def mean_loss(model, x, batch_size: int) -> float:
     return sum(losses) / len(losses)
 
 
-def train(name: str, lr: float, steps: int, data, args, final_x, curve_x=None, log=print) -> Run:
-    """One training run of `steps` steps; the loss on final_x at the end, and
-    on curve_x (if given) along the way."""
-    train_split, starts = data
-    model, opt = METHODS[name].make(build_model(args), lr, args)
+def train(name: str, lr: float, steps: int, seed: int, train_split, args, final_x, bar, curve_x=None) -> Run:
+    """One training run of `steps` steps from `seed`'s model and batch order;
+    the loss on final_x at the end, and on curve_x (if given) along the way.
+    Advances the progress bar by `steps` and logs through it."""
+    starts = batch_starts(train_split, steps, seed, args)
+    model, opt = METHODS[name].make(build_model(args, seed), lr, args)
     params = [p for p in model.parameters() if p.requires_grad]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
-    run = Run(name, lr, steps, trainable=sum(p.numel() for p in params))
+    run = Run(name, lr, steps, seed, trainable=sum(p.numel() for p in params))
+    bar.set_description(f"{name} lr {lr:g} seed {seed}")
     eval_at = {round(steps * k / args.evals) for k in range(1, args.evals + 1)}
     if curve_x is not None:
         run.curve.append((0, mean_loss(model, curve_x, args.batch_size)))
     model.train()
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        xb = torch.stack([train_split[s:s + args.seq_len] for s in starts[step - 1].tolist()])
+        xb = torch.stack([train_split[s : s + args.seq_len] for s in starts[step - 1].tolist()])
         loss = model(input_ids=xb, labels=xb).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -287,31 +407,36 @@ def train(name: str, lr: float, steps: int, data, args, final_x, curve_x=None, l
         run.train_loss.append(loss.item())
         run.opt_s += t2 - t1
         run.train_s += time.perf_counter() - t0
+        bar.update()
         if not math.isfinite(run.train_loss[-1]):
             run.diverged = True
-            log(f"  {name} lr {lr:g}: loss {run.train_loss[-1]} at step {step}, stopped")
+            bar.write(f"  {name} lr {lr:g} seed {seed}: loss {run.train_loss[-1]} at step {step}, stopped")
+            bar.update(steps - step)  # the bar counts the steps it skips
             break
         if curve_x is not None and step in eval_at:
             run.curve.append((step, mean_loss(model, curve_x, args.batch_size)))
             recent = run.train_loss[-20:]
-            log(f"  {name:16s} step {step:5d}  train {sum(recent) / len(recent):.4f}  eval {run.curve[-1][1]:.4f}  "
-                f"{run.train_s:6.1f} s")
+            bar.write(
+                f"  {name:16s} seed {seed} step {step:5d}  train {sum(recent) / len(recent):.4f}  "
+                f"eval {run.curve[-1][1]:.4f}  {run.train_s:6.1f} s"
+            )
     run.state_bytes = state_bytes(opt)
     if not run.diverged:
         run.final_loss = mean_loss(model, final_x, args.batch_size)
     return run
 
 
-def sweep(names, data, val_x, args, log=print) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+def sweep(names, train_split, val_x, args, bar) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
     """The LR rule: for each method that owns an LR, a short run at every LR
-    of the grid; the lowest validation loss wins (a divergence loses)."""
+    of the grid from the first seed; the lowest validation loss wins (a
+    divergence loses)."""
     losses: dict[str, dict[float, float]] = {}
     for name in names:
         losses[name] = {}
         for lr in args.lrs:
-            run = train(name, lr, args.sweep_steps, data, args, val_x, log=log)
+            run = train(name, lr, args.sweep_steps, args.seed, train_split, args, val_x, bar)
             losses[name][lr] = run.final_loss
-            log(f"sweep {name:8s} lr {lr:<8g} val loss {run.final_loss:.4f}  ({run.train_s:.0f} s)")
+            bar.write(f"sweep {name:11s} lr {lr:<8g} val loss {run.final_loss:.4f}  ({run.train_s:.0f} s)")
     best = {n: min(ls, key=lambda lr: ls[lr] if math.isfinite(ls[lr]) else math.inf) for n, ls in losses.items()}
     return best, losses
 
@@ -336,31 +461,92 @@ def versions() -> str:
     import gradnormlorp
 
     parts = [f"torch {torch.__version__}"]
-    for pkg in ("transformers", "galore-torch", "peft"):
+    for pkg in ("transformers", "galore-torch", "apollo-torch", "fira", "peft"):
         try:
             parts.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
             parts.append(f"{pkg} (not installed)")
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown commit"
     parts.append(f"gradnormlorp {gradnormlorp.__version__} ({commit}, {gradnormlorp.library_path()})")
     return ", ".join(parts)
 
 
-def results_table(runs: list[Run], args) -> list[str]:
-    base = next((r.final_loss for r in runs if r.method == "adamw"), None)
-    head = ["method", "peak LR", "final eval loss", "perplexity", "vs AdamW", "wall time (s)",
-            "optimizer ms/step", "optimizer state (bytes)", "trainable params"]
-    rows = [head, ["---"] * len(head)]
+def seeds_of(args) -> list[int]:
+    return list(range(args.seed, args.seed + args.seeds))
+
+
+def by_method(runs: list[Run]) -> dict[str, list[Run]]:
+    """Every method's runs (one per seed), methods in the order they ran."""
+    groups: dict[str, list[Run]] = {}
     for r in runs:
-        rel = f"{r.final_loss / base - 1:+.2%}" if base and r.method != "adamw" else "-"
-        label = METHODS[r.method].label + ("" if r.method == "adamw" else f", r={args.rank}")
-        rows.append([label, f"{r.lr:g}", f"{r.final_loss:.4f}", f"{math.exp(r.final_loss):.3f}", rel,
-                     f"{r.train_s:.1f}", f"{1000 * r.opt_s / max(1, len(r.train_loss)):.2f}",
-                     f"{r.state_bytes:,}", f"{r.trainable:,}"])
+        groups.setdefault(r.method, []).append(r)
+    return groups
+
+
+@dataclass(frozen=True)
+class LossStats:
+    mean: float
+    std: float  # sample standard deviation over the seeds; 0 for a single seed
+    diverged: int  # seeds whose run diverged: left out of mean and std
+    seeds: int
+
+    def text(self) -> str:
+        out = f"{self.mean:.4f} ± {self.std:.4f}"
+        return out + (f" ({self.diverged}/{self.seeds} diverged)" if self.diverged else "")
+
+
+def loss_stats(runs: list[Run]) -> LossStats:
+    finite = [r.final_loss for r in runs if not r.diverged]
+    mean = statistics.fmean(finite) if finite else math.nan
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return LossStats(mean, std, len(runs) - len(finite), len(runs))
+
+
+def row_label(name: str, args) -> str:
+    method = METHODS[name]
+    return method.label if name == "adamw" else f"{method.label}, r={method.rank or args.rank}"
+
+
+def results_table(runs: list[Run], args) -> list[str]:
+    groups = by_method(runs)
+    base = loss_stats(groups["adamw"]).mean if "adamw" in groups else None
+    head = [
+        "method",
+        "peak LR",
+        f"test loss (mean ± std, {args.seeds} seeds)",
+        "perplexity (of the mean)",
+        "vs AdamW",
+        "test loss per seed",
+        "wall time (s)",
+        "optimizer ms/step",
+        "optimizer state (bytes)",
+        "trainable params",
+    ]
+    rows = [head, ["---"] * len(head)]
+    for name, rs in groups.items():
+        st = loss_stats(rs)
+        rel = f"{st.mean / base - 1:+.2%}" if base and name != "adamw" else "-"
+        wall = statistics.fmean(r.train_s for r in rs)
+        opt_ms = statistics.fmean(1000 * r.opt_s / max(1, len(r.train_loss)) for r in rs)
+        rows.append(
+            [
+                row_label(name, args),
+                f"{rs[0].lr:g}",
+                st.text(),
+                f"{math.exp(st.mean):.3f}",
+                rel,
+                " / ".join(f"{r.final_loss:.4f}" for r in rs),
+                f"{wall:.1f}",
+                f"{opt_ms:.2f}",
+                f"{rs[0].state_bytes:,}",
+                f"{rs[0].trainable:,}",
+            ]
+        )
     return ["| " + " | ".join(row) + " |" for row in rows]
 
 
@@ -373,21 +559,47 @@ def sweep_table(losses: dict[str, dict[float, float]], best: dict[str, float], a
 
 
 def target_lines(runs: list[Run]) -> list[str]:
-    """SPEC section 4's quality target, checked row by row."""
-    by = {r.method: r.final_loss for r in runs}
+    """SPEC section 4's quality target, checked row by row on the seed means;
+    a gap within the larger of the two stds is not told from noise."""
+    by = {name: loss_stats(rs) for name, rs in by_method(runs).items()}
     lines = []
     for name in (n for n in by if n.startswith("gnlp")):
-        loss = by[name]
+        st = by[name]
         if "galore" in by:
-            ok = loss <= by["galore"]
-            lines.append(f"{METHODS[name].label}: eval loss {loss:.4f} {'<=' if ok else '>'} GaLore's "
-                         f"{by['galore']:.4f}: {'met' if ok else 'NOT met'}")
+            ref = by["galore"]
+            ok = st.mean <= ref.mean
+            gap = st.mean - ref.mean
+            noise = "within" if abs(gap) <= max(st.std, ref.std) else "beyond"
+            lines.append(
+                f"{METHODS[name].label}: test loss {st.text()} {'<=' if ok else '>'} GaLore's "
+                f"{ref.text()} (gap {gap:+.4f}, {noise} one std): {'met' if ok else 'NOT met'}"
+            )
         if "adamw" in by:
-            rel = loss / by["adamw"] - 1
+            rel = st.mean / by["adamw"].mean - 1
             ok = rel <= 0.05
-            lines.append(f"{METHODS[name].label}: {rel:+.2%} against full-rank AdamW's {by['adamw']:.4f} "
-                         f"(target <= +5%): {'met' if ok else 'NOT met'}")
+            lines.append(
+                f"{METHODS[name].label}: {rel:+.2%} against full-rank AdamW's {by['adamw'].mean:.4f} "
+                f"(target <= +5%): {'met' if ok else 'NOT met'}"
+            )
     return lines
+
+
+def moving_average(xs: list[float], window: int) -> list[float]:
+    return [statistics.fmean(xs[max(0, i - window + 1) : i + 1]) for i in range(len(xs))]
+
+
+def spread(series: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    """Mean, min and max across the seeds, point by point."""
+    columns = list(zip(*series))  # as long as the shortest series
+    return [statistics.fmean(c) for c in columns], [min(c) for c in columns], [max(c) for c in columns]
+
+
+def plot_spread(ax, steps, series, style: str, label: str, **line) -> None:
+    """The mean curve over the seeds, in a band from their min to their max."""
+    mean, low, high = spread(series)
+    steps = steps[: len(mean)]
+    (drawn,) = ax.plot(steps, mean, style, label=label, linewidth=1.2, **line)
+    ax.fill_between(steps, low, high, color=drawn.get_color(), alpha=0.2, linewidth=0)
 
 
 def plot(runs: list[Run], path: str, args) -> None:
@@ -398,14 +610,28 @@ def plot(runs: list[Run], path: str, args) -> None:
 
     fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(13, 5))
     window = max(1, args.steps // 30)
-    for r in runs:
-        style = "--" if r.method.startswith("gnlp") and r.method != "gnlp32" else "-"
-        label = METHODS[r.method].label
-        smooth = [sum(r.train_loss[max(0, i - window + 1):i + 1]) / len(r.train_loss[max(0, i - window + 1):i + 1])
-                  for i in range(len(r.train_loss))]
-        ax_train.plot(range(1, len(smooth) + 1), smooth, style, label=label, linewidth=1.2)
-        ax_eval.plot([s for s, _ in r.curve], [v for _, v in r.curve], style, marker="o", markersize=3,
-                     label=label, linewidth=1.2)
+    for name, rs in by_method(runs).items():
+        finished = [r for r in rs if not r.diverged]  # a diverged seed has no curve to average
+        if not finished:
+            continue
+        style = "--" if name.startswith("gnlp") and name != "gnlp32" else "-"
+        label = METHODS[name].label
+        plot_spread(
+            ax_train,
+            list(range(1, args.steps + 1)),
+            [moving_average(r.train_loss, window) for r in finished],
+            style,
+            label,
+        )
+        plot_spread(
+            ax_eval,
+            [s for s, _ in finished[0].curve],
+            [[v for _, v in r.curve] for r in finished],
+            style,
+            label,
+            marker="o",
+            markersize=3,
+        )
     ax_train.set_title(f"train loss (moving average over {window} steps)")
     ax_eval.set_title(f"eval loss ({args.curve_batches * args.batch_size} test windows)")
     for ax in (ax_train, ax_eval):
@@ -414,18 +640,22 @@ def plot(runs: list[Run], path: str, args) -> None:
         ax.set_ylim(top=min(3.6, ax.get_ylim()[1]))
         ax.grid(alpha=0.3)
     ax_eval.legend(fontsize=8)
-    fig.suptitle(f"LLaMA {args.layers}x{args.hidden}, byte-level, rank {args.rank}, "
-                 f"{args.steps} steps of {args.batch_size}x{args.seq_len}")
+    fig.suptitle(
+        f"LLaMA {args.layers}x{args.hidden}, byte-level, rank {args.rank}, "
+        f"{args.steps} steps of {args.batch_size}x{args.seq_len}; mean of {args.seeds} seeds, "
+        "band from their min to their max"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def markdown(runs, best, losses, args, meta) -> str:
+    seeds = seeds_of(args)
     out = [
-        "# Convergence: GradNormLoRP against AdamW, GaLore and LoRA",
+        "# Convergence: GradNormLoRP against AdamW, GaLore, APOLLO, Fira and LoRA",
         "",
-        "Generated by `bench/convergence.py` (issue 5).",
+        "Generated by `bench/convergence.py` (issues 5 and 11).",
         "",
         f"- date: {meta['date']}",
         f"- machine: {meta['machine']}; {args.threads} threads (torch and GOMAXPROCS)",
@@ -438,32 +668,47 @@ def markdown(runs, best, losses, args, meta) -> str:
         f"- model: {meta['model']}",
         f"- data: `{os.path.basename(args.corpus)}`, raw bytes (vocabulary 256), split 80/10/10 into "
         f"train / validation (LR choice) / test (reported loss); {args.steps} steps of {args.batch_size} x "
-        f"{args.seq_len} bytes, one batch order for every run (seed {args.seed}).",
+        f"{args.seq_len} bytes.",
+        f"- seeds: every method's final run is repeated at seeds {', '.join(map(str, seeds))}; a seed sets both "
+        "the model initialisation and the batch order, the same for every method. Rows give the mean and the "
+        "sample standard deviation of the test loss over the seeds (a diverged seed is left out and counted); "
+        "the perplexity is exp of the mean loss.",
         "- schedule: linear warmup over 10% of the steps, cosine decay to 10% of the peak LR; fp32; "
         f"gradient clipping 1.0; betas {BETAS}, eps {EPS:g}, no weight decay, for every method.",
         f"- GaLore and GradNormLoRP: rank {args.rank}, update_proj_gap {args.update_proj_gap}, "
         f"scale (alpha) {args.scale} for both, proj_type std, projected: q/k/v/o and gate/up/down "
-        "weights; embeddings, norms and the output head plain AdamW (GaLore's README split).",
+        "weights; embeddings, norms and the output head plain AdamW (GaLore's README split). "
+        "APOLLO and Fira project the same weights and keep the same plain group.",
+        f"- APOLLO (apollo-torch `APOLLOAdamW`): rank {args.rank}, random projection, channel-wise scaling, "
+        f"scale {APOLLO_SCALE:g}, norm-growth limiter before the scale; APOLLO-Mini: rank {APOLLO_MINI_RANK}, "
+        f"tensor-wise scaling, scale {APOLLO_MINI_SCALE:g}, limiter after it (`scale_front`); both "
+        f"update_proj_gap {APOLLO_GAP}. These are the README's defaults and its LLaMA-60M scripts' settings "
+        "(`scale_front` is the README's advice for small models with short warmups); the gap is theirs, "
+        "not the bench's.",
+        f"- Fira (fira `FiraAdamW`): rank {args.rank}, update_proj_gap {args.update_proj_gap} and SVD projection "
+        f"as GaLore, alpha {FIRA_ALPHA:g} (the README's pre-training command), with its norm-based scaling of the "
+        "gradient outside the subspace and its norm-growth limiter.",
         f"- LoRA: peft, plain LoRA (no ReLoRA restarts) of rank {args.rank} on the same matrices, "
         f"lora_alpha / r = {args.scale}, no dropout; the random base weights are frozen, embeddings, "
         "norms and the head train in full. Pre-training from scratch with a frozen random base is "
         "a hard setting for LoRA by construction (as in the GaLore paper's comparison).",
-        "- final eval loss: mean next-byte cross-entropy over every non-overlapping window of the test "
+        "- test loss: mean next-byte cross-entropy over every non-overlapping window of the test "
         "split; perplexity = exp(loss) per byte. The curves use an evenly spread subset of those windows.",
         "- wall time: the training loop without evals; optimizer ms/step: inside `optimizer.step()`, "
-        "refreshes included. Both are noisy: the machine is shared with other jobs running at the same "
-        "time. Optimizer state: bytes of every tensor the optimizer holds (GaLore's projectors included; "
-        "LoRA's adapter weights are model parameters, not counted).",
+        "refreshes included; both are means over the seeds, and noisy: the machine is shared with other jobs "
+        "running at the same time. Optimizer state: bytes of every tensor the optimizer holds (GaLore's, "
+        "APOLLO's and Fira's projectors included; LoRA's adapter weights are model parameters, not counted).",
         "",
         "## Learning rates",
         "",
     ]
     if losses:
         out += [
-            f"Rule, identical for every method: a {args.sweep_steps}-step run (same schedule, compressed) at "
-            f"each peak LR of {{{', '.join(f'{lr:g}' for lr in args.lrs)}}}; the LR with the lowest validation "
-            "loss is used. GradNormLoRP's 8-bit, 4-bit and subspace rows use the LR of its 32-bit SVD row, "
-            "so they differ from it only in state storage / refresh. Validation losses of the sweep:",
+            f"Rule, identical for every method: a {args.sweep_steps}-step run (same schedule, compressed) from "
+            f"the first seed ({args.seed}) at each peak LR of {{{', '.join(f'{lr:g}' for lr in args.lrs)}}}; the "
+            "LR with the lowest validation loss is used for every seed. GradNormLoRP's 8-bit, 4-bit and subspace "
+            "rows use the LR of its 32-bit SVD row, so they differ from it only in state storage / refresh. "
+            "Validation losses of the sweep:",
             "",
             *sweep_table(losses, best, args),
             "",
@@ -479,6 +724,21 @@ def markdown(runs, best, losses, args, meta) -> str:
     return "\n".join(out)
 
 
+def summary(runs: list[Run]) -> dict[str, dict]:
+    """Per method: the seeds' test losses and their mean and std, for the json."""
+    out = {}
+    for name, rs in by_method(runs).items():
+        st = loss_stats(rs)
+        out[name] = {
+            "seeds": [r.seed for r in rs],
+            "test_loss": [r.final_loss for r in rs],
+            "mean": st.mean,
+            "std": st.std,
+            "diverged": st.diverged,
+        }
+    return out
+
+
 # --------------------------------------------------------------------- main
 
 
@@ -486,6 +746,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # The Go runtime reads GOMAXPROCS when the library loads (first optimizer).
     os.environ["GOMAXPROCS"] = str(args.threads)
+    from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -496,36 +757,44 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     train_split, val_split, test_split = load_splits(args.corpus, args.seq_len)
-    data = (train_split, batch_starts(train_split, args))
     val_x, test_x = windows(val_split, args.seq_len), windows(test_split, args.seq_len)
     curve_x = windows(test_split, args.seq_len, args.curve_batches * args.batch_size)
-    model = build_model(args)
+    model = build_model(args, args.seed)
+    seeds = seeds_of(args)
     meta = {
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "machine": machine(),
         "versions": versions(),
-        "command": shlex.join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT)
-                               else "python"] + sys.argv),
+        "command": shlex.join(
+            [os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT) else "python"] + sys.argv
+        ),
         "model": f"LLaMA (transformers LlamaConfig), {args.layers} layers, hidden {args.hidden}, MLP "
-                 f"{model.config.intermediate_size}, {args.heads} heads, "
-                 f"{sum(p.numel() for p in model.parameters()):,} parameters",
+        f"{model.config.intermediate_size}, {args.heads} heads, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters",
     }
     print(f"{meta['date']}  {meta['machine']}, {args.threads} threads\n{meta['versions']}\n{meta['model']}")
-    print(f"data: {len(train_split):,} / {len(val_split):,} / {len(test_split):,} bytes train / val / test; "
-          f"methods: {', '.join(args.methods)}", flush=True)
+    print(
+        f"data: {len(train_split):,} / {len(val_split):,} / {len(test_split):,} bytes train / val / test; "
+        f"methods: {', '.join(args.methods)}; seeds {', '.join(map(str, seeds))}",
+        flush=True,
+    )
 
-    log = lambda s: print(s, flush=True)  # noqa: E731 - progress goes to a log file
-    if args.lr is None:
-        owners = list(dict.fromkeys(METHODS[m].lr_from for m in args.methods))
-        best, losses = sweep(owners, data, val_x, args, log=log)
+    owners = list(dict.fromkeys(METHODS[m].lr_from for m in args.methods)) if args.lr is None else []
+    total = len(owners) * len(args.lrs) * args.sweep_steps + len(args.methods) * len(seeds) * args.steps
+    bar = tqdm(
+        total=total, unit="step", dynamic_ncols=True, file=sys.stdout, mininterval=0.5 if sys.stdout.isatty() else 15
+    )  # a log file gets a line every 15 s
+    if owners:
+        best, losses = sweep(owners, train_split, val_x, args, bar)
     else:
         best, losses = {METHODS[m].lr_from: args.lr for m in args.methods}, {}
 
     runs = []
     for name in args.methods:
         lr = best[METHODS[name].lr_from]
-        log(f"{name}: lr {lr:g}, {args.steps} steps")
-        runs.append(train(name, lr, args.steps, data, args, test_x, curve_x, log=log))
+        bar.write(f"{name}: lr {lr:g}, {args.steps} steps, seeds {', '.join(map(str, seeds))}")
+        runs += [train(name, lr, args.steps, seed, train_split, args, test_x, bar, curve_x) for seed in seeds]
+    bar.close()
     meta["total_s"] = time.perf_counter() - t_start
 
     print()
@@ -537,11 +806,22 @@ def main(argv=None) -> int:
         f.write(markdown(runs, best, losses, args, meta))
     plot(runs, png_path, args)
     with open(os.path.join(args.out, "convergence.json"), "w") as f:
-        json.dump({"args": vars(args), "meta": meta, "lr": best,
-                   "sweep": {n: {str(lr): v for lr, v in ls.items()} for n, ls in losses.items()},
-                   "runs": [asdict(r) for r in runs]}, f)
-    print(f"\nwrote {md_path}, {png_path}; total {meta['total_s'] / 60:.1f} min (wall times are noisy: "
-          "the machine is shared)")
+        json.dump(
+            {
+                "args": vars(args),
+                "meta": meta,
+                "lr": best,
+                "seeds": seeds,
+                "sweep": {n: {str(lr): v for lr, v in ls.items()} for n, ls in losses.items()},
+                "summary": summary(runs),
+                "runs": [asdict(r) for r in runs],
+            },
+            f,
+        )
+    print(
+        f"\nwrote {md_path}, {png_path}; total {meta['total_s'] / 60:.1f} min (wall times are noisy: "
+        "the machine is shared)"
+    )
     return 0
 
 
