@@ -398,7 +398,9 @@ def import_state(where: str, p: torch.Tensor, saved: dict[str, Any], cfg: _lib.g
             out[name] = _full(value)[start : start + count]
         elif name in plan.row_sharded and dtype == torch.uint8:
             whole = (plan.rows, plan.codes_per_row(name))
-            out[name] = _own_rows(where, name, value, whole, first, rows, p).reshape(-1)
+            own = _own_rows(where, name, value, whole, first, rows, p)
+            # 8-bit codes keep the buffer's shape, 4-bit ones are packed flat (the layout's rule)
+            out[name] = own.reshape(rows, *shape[1:]) if plan.bits == 8 else own.reshape(-1)
         elif name in plan.row_sharded:
             out[name] = _own_rows(where, name, value, shape, first, rows, p)
         else:

@@ -70,16 +70,18 @@ def shard(m: torch.nn.Module, world: int) -> torch.nn.Module:
     return m
 
 
-def train(m, opt, rank: int, world: int, steps: range, split: bool = False, nudge: bool = False) -> None:
+def train(m, opt, rank: int, world: int, steps: range, split: bool = False, nudge: int = 0) -> None:
     """Steps `steps` of the fixed sequence of global batches. Each rank takes
     the whole batch, so FSDP2's average of the ranks' gradients is the
     single-process gradient (bit for bit at world size 2, within a rounding
     at 3) and a comparison sees the optimizer's sharded math alone; with
     `split`, each rank takes its share (data parallel: the gradients then
     differ from one process's by rounding, which 8-bit codes and
-    near-degenerate refreshes can amplify). With `nudge`, gradients are
-    scaled by 1 + 2^-23 (one float32 rounding) before each step: how far
-    rounding alone moves the run."""
+    near-degenerate refreshes can amplify). With `nudge` (a seed), each
+    gradient element is moved by one float32 rounding (a relative 2^-23, up
+    or down at random) before each step, to see how far rounding alone
+    moves the run. (Scaling all gradients alike would not do: Adam hardly
+    sees a common scale.)"""
     data = batches(STEPS, GLOBAL_BATCH)
     n = GLOBAL_BATCH // world if split else GLOBAL_BATCH
     for t in steps:
@@ -87,8 +89,10 @@ def train(m, opt, rank: int, world: int, steps: range, split: bool = False, nudg
         start = rank * n if split else 0
         m(**{k: v[start : start + n] for k, v in batch.items()}).loss.backward()
         if nudge:
+            noise = torch.Generator().manual_seed(nudge * 1000 + t)
             for p in m.parameters():
-                p.grad.mul_(1 + 2**-23)
+                signs = torch.randint(0, 2, p.grad.shape, generator=noise).to(p.grad.dtype) * 2 - 1
+                p.grad.mul_(1 + 2**-23 * signs)
         opt.step()
         opt.zero_grad()
 
