@@ -56,7 +56,6 @@ class Oracle(torch.optim.Optimizer):
         scale=0.25,  # GradNormLoRP's default
         proj_type="std",
         correct_bias=True,
-        magnitude_scale=1.0,
         compute_dtype=torch.float32,
     ):
         defaults = dict(
@@ -69,7 +68,6 @@ class Oracle(torch.optim.Optimizer):
             scale=scale,
             proj_type=proj_type,
             correct_bias=correct_bias,
-            magnitude_scale=magnitude_scale,
         )
         self.compute_dtype = compute_dtype
         super().__init__(params, defaults)
@@ -191,7 +189,7 @@ class Oracle(torch.optim.Optimizer):
 
         # 8.-9. rows with a direction
         V = s[:, None] * D - step_size * dVlow
-        g_new = (g - group["magnitude_scale"] * step_size * Ng) * decay
+        g_new = (g - step_size * Ng) * decay
         s_new = V.norm(dim=1)
         alive = nz & (s_new != 0)
         W_dir = torch.where(
