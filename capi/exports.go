@@ -27,21 +27,7 @@ func gnlp_config_default() C.gnlp_config { return configToC(core.DefaultConfig()
 //export gnlp_state_layout
 func gnlp_state_layout(param *C.gnlp_tensor, config *C.gnlp_config, specs *C.gnlp_buffer_spec, capacity C.int32_t, count *C.int32_t) C.gnlp_status {
 	return run(func() error {
-		if param == nil {
-			return nullError("param")
-		}
-		if count == nil {
-			return nullError("count")
-		}
-		if capacity > 0 && specs == nil {
-			return nullError("specs")
-		}
-		cfg, err := configFromC(config)
-		if err != nil {
-			return err
-		}
-		// Only dtype and shape matter here: the param need not exist yet.
-		shape, err := shapeFromC(param, "param")
+		shape, cfg, err := layoutQuery(param, config, specs, capacity, count, false)
 		if err != nil {
 			return err
 		}
@@ -51,6 +37,26 @@ func gnlp_state_layout(param *C.gnlp_tensor, config *C.gnlp_config, specs *C.gnl
 		}
 		return writeSpecs(layout, specs, capacity, count)
 	})
+}
+
+// layoutQuery checks the arguments of a layout query and returns the
+// param's shape (only dtype and shape matter: the param need not exist
+// yet) and the config. allowEmpty: a rank's rows of a sharded parameter.
+func layoutQuery(param *C.gnlp_tensor, config *C.gnlp_config, specs *C.gnlp_buffer_spec, capacity C.int32_t, count *C.int32_t, allowEmpty bool) (core.Shape, core.Config, error) {
+	switch {
+	case param == nil:
+		return nil, core.Config{}, nullError("param")
+	case count == nil:
+		return nil, core.Config{}, nullError("count")
+	case capacity > 0 && specs == nil:
+		return nil, core.Config{}, nullError("specs")
+	}
+	cfg, err := configFromC(config)
+	if err != nil {
+		return nil, core.Config{}, err
+	}
+	shape, err := shapeOf(param, "param", allowEmpty)
+	return shape, cfg, err
 }
 
 // writeSpecs reports a layout into the caller's specs array.

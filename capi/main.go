@@ -126,12 +126,8 @@ func convertTensor(t *C.gnlp_tensor, what string, allowEmpty bool) (core.Tensor,
 	return core.Tensor{Data: t.data, DType: dtype, Shape: shape}, nil
 }
 
-// shapeFromC reads the rank and shape of t, rejecting empty dimensions.
-func shapeFromC(t *C.gnlp_tensor, what string) (core.Shape, error) {
-	return shapeOf(t, what, false)
-}
-
-// shapeOf is shapeFromC; with allowEmpty, the first dimension may be 0.
+// shapeOf reads the rank and shape of t, rejecting empty dimensions but,
+// with allowEmpty, a first dimension of 0.
 func shapeOf(t *C.gnlp_tensor, what string, allowEmpty bool) (core.Shape, error) {
 	ndim := int(t.ndim)
 	if ndim != 1 && ndim != 2 {

@@ -41,24 +41,11 @@ func localFromC(t *C.gnlp_tensor, what string) (core.Tensor, error) {
 //export gnlp_shard_state_layout
 func gnlp_shard_state_layout(param *C.gnlp_tensor, shard *C.gnlp_shard, config *C.gnlp_config, specs *C.gnlp_buffer_spec, capacity C.int32_t, count *C.int32_t) C.gnlp_status {
 	return run(func() error {
-		if param == nil {
-			return nullError("param")
-		}
-		if count == nil {
-			return nullError("count")
-		}
-		if capacity > 0 && specs == nil {
-			return nullError("specs")
-		}
-		cfg, err := configFromC(config)
+		shape, cfg, err := layoutQuery(param, config, specs, capacity, count, true)
 		if err != nil {
 			return err
 		}
 		sh, err := shardFromC(shard, "shard")
-		if err != nil {
-			return err
-		}
-		shape, err := shapeOf(param, "param", true)
 		if err != nil {
 			return err
 		}
