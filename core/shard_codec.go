@@ -86,7 +86,7 @@ func (s shardCodes) decode(b Backend, vals Tensor) error {
 	return nil
 }
 
-// codecScratch is the float32 scratch of a sharded encode: one block of
+// codecScratchElems is the float32 scratch of a sharded encode: one block of
 // values and one of codes.
 const codecScratchElems = quant.BlockSize + quant.BlockSize/4
 
@@ -131,25 +131,31 @@ func (s shardCodes) encode(b Backend, vals, agree, scratch Tensor) error {
 			}
 			continue
 		}
-		k := s.rankStartingIn((s.lo + p.lo) / bs)
-		n := p.hi - p.lo
-		padded := block.carve(0, Shape{n + 1})
-		dst := s.packed(p)
-		steps := []func() error{
-			func() error { return b.Copy(padded.carve(0, Shape{n}), vals.carve(p.lo, Shape{n})) },
-			func() error { return b.Copy(padded.carve(n, Shape{1}), agree.carve(k, Shape{1})) },
-			func() error {
-				return b.Encode(padded, Packed{Codes: bytesOf(codes, s.format.Bytes(n+1)), Absmax: dst.Absmax, Format: s.format, Shape: Shape{n + 1}})
-			},
-			func() error { return b.Copy(dst.Codes, bytesOf(codes, dst.Codes.Shape[0])) },
-		}
-		for _, step := range steps {
-			if err := step(); err != nil {
-				return err
-			}
+		if err := s.encodePadded(b, p, vals, agree, block, codes); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// encodePadded encodes the split block of part p: its n values and, after
+// them, the agreed absmax, so that Encode finds exactly that absmax; the
+// codes of the n values are then copied out.
+func (s shardCodes) encodePadded(b Backend, p codesPart, vals, agree, block, codes Tensor) error {
+	n := p.hi - p.lo
+	k := s.rankStartingIn((s.lo + p.lo) / quant.BlockSize)
+	padded, dst := block.carve(0, Shape{n + 1}), s.packed(p)
+	if err := b.Copy(padded.carve(0, Shape{n}), vals.carve(p.lo, Shape{n})); err != nil {
+		return err
+	}
+	if err := b.Copy(padded.carve(n, Shape{1}), agree.carve(k, Shape{1})); err != nil {
+		return err
+	}
+	scratch := Packed{Codes: bytesOf(codes, s.format.Bytes(n+1)), Absmax: dst.Absmax, Format: s.format, Shape: Shape{n + 1}}
+	if err := b.Encode(padded, scratch); err != nil {
+		return err
+	}
+	return b.Copy(dst.Codes, bytesOf(codes, dst.Codes.Shape[0]))
 }
 
 // rankStartingIn is a rank whose first element lies in block j (one

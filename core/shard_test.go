@@ -472,3 +472,41 @@ func TestShardLayoutChecksTheSplit(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, core.Shape{0, 6}, specs[0].Shape, "a rank without rows has empty row-sharded buffers")
 }
+
+// TestShardedCodesAreTheWholeCodes: 8-bit moments of a 1-D parameter split
+// over 3 ranks (5000 values: rank blocks start inside quant blocks) are,
+// concatenated, the unsharded step's codes byte for byte, and each rank's
+// absmax entries are the unsharded ones of the blocks it touches.
+func TestShardedCodesAreTheWholeCodes(t *testing.T) {
+	cfg := core.DefaultConfig()
+	cfg.OptimBits = 8
+	sp := newShardedParam(t, core.Shape{5000}, cfg, 3, 4)
+	g := newGroup(3)
+	rng := rand.New(rand.NewPCG(8, 8))
+	for step := int64(1); step <= 3; step++ {
+		sp.newGrad(rng)
+		sp.whole.item.Step = step
+		require.NoError(t, cpu.Backend{}.StepBatch([]core.Item{sp.whole.item}))
+		require.NoError(t, errorsOf(stepAll(g, []*shardedParam{sp}, step)))
+	}
+	assert.Equal(t, bitsOf(sp.whole.w), bitsOf(sp.gathered()))
+	for b, spec := range sp.whole.item.State {
+		whole := unsafe.Slice((*byte)(spec.Data), spec.Bytes())
+		switch spec.DType {
+		case core.Uint8:
+			var got []byte
+			for k := range sp.shards {
+				local := sp.items[k].State[b]
+				got = append(got, unsafe.Slice((*byte)(local.Data), local.Bytes())...)
+			}
+			assert.Equal(t, whole, got, "codes of buffer %d", b)
+		default: // absmax: each rank's entries are the whole ones from its first block on
+			wholeAbs := floats(spec)
+			for k, sh := range sp.shards {
+				local := floats(sp.items[k].State[b])
+				first := sh.RowOffset / 256
+				assert.Equal(t, bitsOf(wholeAbs[first:first+len(local)]), bitsOf(local), "absmax of buffer %d on rank %d", b, k)
+			}
+		}
+	}
+}
