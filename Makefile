@@ -15,8 +15,9 @@
 #                .venv, for `make cuda` on a machine without a CUDA toolkit
 #   make bench   CPU step benchmark vs galore-torch and torch AdamW
 #                (BENCH_ARGS="--models llama60m --steps 10")
-#   make bench-convergence   AdamW vs GaLore vs GradNormLoRP vs LoRA on
-#                tinyshakespeare, ~18 min (CONVERGENCE_ARGS="--steps 200")
+#   make bench-convergence   AdamW, GaLore, APOLLO, APOLLO-Mini, Fira, LoRA and
+#                GradNormLoRP on tinyshakespeare, 3 seeds, about an hour on 2 cores
+#                (CONVERGENCE_ARGS="--steps 200 --seeds 1 --methods adamw,gnlp32")
 #   make wheel   dist/gradnormlorp-*-manylinux*.whl: needs no Go or compiler
 #                where it is installed (also writes the sdist, which it builds from)
 #   make sdist   dist/gradnormlorp-*.tar.gz alone
