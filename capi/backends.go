@@ -124,7 +124,7 @@ func stepOn(d device, stream unsafe.Pointer, items []core.Item, async bool, nonf
 //export gnlp_step_batch_async
 func gnlp_step_batch_async(items *C.gnlp_step_item, n C.int32_t, stream unsafe.Pointer, nonfinite *C.int32_t) C.gnlp_status {
 	return run(func() error {
-		batch, d, err := batchFromC(items, n)
+		batch, d, err := batchFromC(items, n, false)
 		if err != nil {
 			return err
 		}

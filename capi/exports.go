@@ -137,7 +137,7 @@ func gnlp_workspace_size(param *C.gnlp_tensor, config *C.gnlp_config, bytes *C.i
 //export gnlp_step
 func gnlp_step(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, stream unsafe.Pointer) C.gnlp_status {
 	return run(func() error {
-		it, d, err := itemFromC(param, grad, state, nState, config, step, "")
+		it, d, err := itemFromC(param, grad, state, nState, config, step, "", false)
 		if err != nil {
 			return err
 		}
@@ -148,7 +148,7 @@ func gnlp_step(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_
 //export gnlp_step_batch
 func gnlp_step_batch(items *C.gnlp_step_item, n C.int32_t, stream unsafe.Pointer) C.gnlp_status {
 	return run(func() error {
-		batch, d, err := batchFromC(items, n)
+		batch, d, err := batchFromC(items, n, false)
 		if err != nil {
 			return err
 		}
@@ -157,7 +157,8 @@ func gnlp_step_batch(items *C.gnlp_step_item, n C.int32_t, stream unsafe.Pointer
 }
 
 // batchFromC converts a batch, whose items must all be on one device.
-func batchFromC(items *C.gnlp_step_item, n C.int32_t) ([]core.Item, device, error) {
+// allowEmpty: a sharded step's items, whose local rows may be none.
+func batchFromC(items *C.gnlp_step_item, n C.int32_t, allowEmpty bool) ([]core.Item, device, error) {
 	if n < 0 {
 		return nil, device{}, core.Errorf(core.CodeInvalidArgument, "n_items is %d, must be >= 0", int32(n))
 	}
@@ -172,7 +173,7 @@ func batchFromC(items *C.gnlp_step_item, n C.int32_t) ([]core.Item, device, erro
 		if c.reserved != 0 {
 			return nil, device{}, core.Errorf(core.CodeInvalidArgument, "items[%d].reserved is %d, must be 0", i, int32(c.reserved))
 		}
-		it, di, err := itemFromC(&c.param, &c.grad, c.state, c.n_state, &c.config, c.step, fmt.Sprintf("items[%d].", i))
+		it, di, err := itemFromC(&c.param, &c.grad, c.state, c.n_state, &c.config, c.step, fmt.Sprintf("items[%d].", i), allowEmpty)
 		if err != nil {
 			return nil, device{}, err
 		}
@@ -188,20 +189,20 @@ func batchFromC(items *C.gnlp_step_item, n C.int32_t) ([]core.Item, device, erro
 
 // itemFromC converts one parameter's step arguments; prefix locates it in
 // a batch for error messages.
-func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, prefix string) (core.Item, device, error) {
+func itemFromC(param, grad *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_t, config *C.gnlp_config, step C.int64_t, prefix string, allowEmpty bool) (core.Item, device, error) {
 	cfg, err := configFromC(config)
 	if err != nil {
 		return core.Item{}, device{}, located(prefix, err)
 	}
-	p, err := tensorFromC(param, prefix+"param")
+	p, err := convertTensor(param, prefix+"param", allowEmpty)
 	if err != nil {
 		return core.Item{}, device{}, err
 	}
-	g, err := tensorFromC(grad, prefix+"grad")
+	g, err := convertTensor(grad, prefix+"grad", allowEmpty)
 	if err != nil {
 		return core.Item{}, device{}, err
 	}
-	st, err := stateFromC(state, nState)
+	st, err := convertState(state, nState, allowEmpty)
 	if err != nil {
 		return core.Item{}, device{}, located(prefix, err)
 	}

@@ -32,12 +32,6 @@ func shardFromC(s *C.gnlp_shard, what string) (core.Shard, error) {
 	return core.Shard{GlobalRows: int(s.global_rows), RowOffset: int(s.row_offset), Rank: int(s.rank), WorldSize: int(s.world_size)}, nil
 }
 
-// localFromC converts this rank's rows of a parameter (or its gradient),
-// which may be empty.
-func localFromC(t *C.gnlp_tensor, what string) (core.Tensor, error) {
-	return convertTensor(t, what, true)
-}
-
 //export gnlp_shard_state_layout
 func gnlp_shard_state_layout(param *C.gnlp_tensor, shard *C.gnlp_shard, config *C.gnlp_config, specs *C.gnlp_buffer_spec, capacity C.int32_t, count *C.int32_t) C.gnlp_status {
 	return run(func() error {
@@ -68,7 +62,7 @@ func gnlp_shard_state_init(param *C.gnlp_tensor, shard *C.gnlp_shard, state *C.g
 		if err != nil {
 			return err
 		}
-		p, err := localFromC(param, "param")
+		p, err := convertTensor(param, "param", true)
 		if err != nil {
 			return err
 		}
@@ -94,7 +88,7 @@ func gnlp_step_sharded(items *C.gnlp_step_item, shards *C.gnlp_shard, n C.int32_
 		if collective == nil {
 			return nullError("collective")
 		}
-		batch, d, err := shardedBatchFromC(items, n)
+		batch, d, err := batchFromC(items, n, true)
 		if err != nil {
 			return err
 		}
@@ -122,54 +116,6 @@ func gnlp_step_sharded(items *C.gnlp_step_item, shards *C.gnlp_shard, n C.int32_
 		}
 		return core.StepSharded(b, x, batch, sh, c)
 	})
-}
-
-// shardedBatchFromC converts the items of a sharded step, whose local
-// parts may be empty; all must be on one device.
-func shardedBatchFromC(items *C.gnlp_step_item, n C.int32_t) ([]core.Item, device, error) {
-	if n < 0 {
-		return nil, device{}, core.Errorf(core.CodeInvalidArgument, "n_items is %d, must be >= 0", int32(n))
-	}
-	if n > 0 && items == nil {
-		return nil, device{}, nullError("items")
-	}
-	cs := unsafe.Slice(items, int(n))
-	batch := make([]core.Item, len(cs))
-	d := cpuDevice
-	for i := range cs {
-		c := &cs[i]
-		prefix := fmt.Sprintf("items[%d].", i)
-		if c.reserved != 0 {
-			return nil, device{}, core.Errorf(core.CodeInvalidArgument, "items[%d].reserved is %d, must be 0", i, int32(c.reserved))
-		}
-		cfg, err := configFromC(&c.config)
-		if err != nil {
-			return nil, device{}, located(prefix, err)
-		}
-		p, err := localFromC(&c.param, prefix+"param")
-		if err != nil {
-			return nil, device{}, err
-		}
-		g, err := localFromC(&c.grad, prefix+"grad")
-		if err != nil {
-			return nil, device{}, err
-		}
-		st, err := convertState(c.state, c.n_state, true)
-		if err != nil {
-			return nil, device{}, located(prefix, err)
-		}
-		di, err := sameDevice(&c.param, &c.grad, c.state, c.n_state, prefix)
-		if err != nil {
-			return nil, device{}, err
-		}
-		if i == 0 {
-			d = di
-		} else if di != d {
-			return nil, device{}, core.Errorf(core.CodeDevice, "items[%d] is on %v but items[0] is on %v: one call steps the parameters of one device", i, di, d)
-		}
-		batch[i] = core.Item{Param: p, Grad: g, State: st, Config: cfg, Step: int64(c.step)}
-	}
-	return batch, d, nil
 }
 
 // callback is a core.Collective over the caller's gnlp_collective_fn.
