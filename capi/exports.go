@@ -92,24 +92,32 @@ func gnlp_state_init(param *C.gnlp_tensor, state *C.gnlp_tensor, nState C.int32_
 		if err != nil {
 			return err
 		}
-		p, err := tensorFromC(param, "param")
-		if err != nil {
-			return err
-		}
-		st, err := stateFromC(state, nState)
-		if err != nil {
-			return err
-		}
-		d, err := sameDevice(param, nil, state, nState, "")
-		if err != nil {
-			return err
-		}
-		b, err := backendFor(d, stream)
+		p, st, b, err := initArgs(param, state, nState, stream, false)
 		if err != nil {
 			return err
 		}
 		return core.Init(b, p, st, cfg)
 	})
+}
+
+// initArgs converts the arguments of a state init: the parameter (its
+// values seed the magnitudes), the state and the backend of their device.
+// allowEmpty: a rank's rows of a sharded parameter.
+func initArgs(param, state *C.gnlp_tensor, nState C.int32_t, stream unsafe.Pointer, allowEmpty bool) (core.Tensor, []core.Tensor, core.Backend, error) {
+	p, err := convertTensor(param, "param", allowEmpty)
+	if err != nil {
+		return core.Tensor{}, nil, nil, err
+	}
+	st, err := convertState(state, nState, allowEmpty)
+	if err != nil {
+		return core.Tensor{}, nil, nil, err
+	}
+	d, err := sameDevice(param, nil, state, nState, "")
+	if err != nil {
+		return core.Tensor{}, nil, nil, err
+	}
+	b, err := backendFor(d, stream)
+	return p, st, b, err
 }
 
 //export gnlp_workspace_size

@@ -151,12 +151,8 @@ func stridesOf(t *C.gnlp_tensor) []int64 {
 	return s
 }
 
-// stateFromC converts the caller's state array.
-func stateFromC(state *C.gnlp_tensor, n C.int32_t) ([]core.Tensor, error) {
-	return convertState(state, n, false)
-}
-
-// convertState is stateFromC; with allowEmpty, buffers may be empty.
+// convertState converts the caller's state array; with allowEmpty, buffers
+// may be empty (a rank's rows of a sharded parameter).
 func convertState(state *C.gnlp_tensor, n C.int32_t, allowEmpty bool) ([]core.Tensor, error) {
 	if n < 0 || n > C.GNLP_MAX_STATE {
 		return nil, core.Errorf(core.CodeInvalidArgument, "n_state is %d, must be in [0, %d]", int32(n), C.GNLP_MAX_STATE)

@@ -62,19 +62,7 @@ func gnlp_shard_state_init(param *C.gnlp_tensor, shard *C.gnlp_shard, state *C.g
 		if err != nil {
 			return err
 		}
-		p, err := convertTensor(param, "param", true)
-		if err != nil {
-			return err
-		}
-		st, err := convertState(state, nState, true)
-		if err != nil {
-			return err
-		}
-		d, err := sameDevice(param, nil, state, nState, "")
-		if err != nil {
-			return err
-		}
-		b, err := backendFor(d, stream)
+		p, st, b, err := initArgs(param, state, nState, stream, true)
 		if err != nil {
 			return err
 		}
