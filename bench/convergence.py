@@ -186,7 +186,7 @@ def make_galore(model, lr, args):
     return model, opt
 
 
-def gnlp_maker(bits: int, refresh: str):
+def gnlp_maker(bits: int, refresh: str, compensation: str = "none"):
     def make(model, lr, args):
         from gradnormlorp import GradNormLoRP
 
@@ -198,6 +198,7 @@ def gnlp_maker(bits: int, refresh: str):
             weight_decay=0.0,
             optim_bits=bits,
             refresh=refresh,
+            compensation=compensation,
         )
         return model, opt
 
@@ -274,6 +275,12 @@ METHODS = {
     "gnlp8": Method("GradNormLoRP 8-bit, svd", "gnlp32", gnlp_maker(8, "svd")),
     "gnlp4": Method("GradNormLoRP 4-bit, svd", "gnlp32", gnlp_maker(4, "svd")),
     "gnlp32-subspace": Method("GradNormLoRP 32-bit, subspace", "gnlp32", gnlp_maker(32, "subspace")),
+    "gnlp32-residual": Method(
+        "GradNormLoRP 32-bit, svd, residual", "gnlp32-residual", gnlp_maker(32, "svd", "residual")
+    ),
+    "gnlp8-residual": Method(
+        "GradNormLoRP 8-bit, svd, residual", "gnlp32-residual", gnlp_maker(8, "svd", "residual")
+    ),
     "lora": Method("LoRA (peft, frozen base)", "lora", make_lora),
 }
 

@@ -22,5 +22,6 @@ func headerDefaults() C.gnlp_config {
 		correct_bias:    C.int32_t(1),    // GNLP_DEFAULT_CORRECT_BIAS
 		optim_bits:      C.int32_t(32),   // GNLP_DEFAULT_OPTIM_BITS
 		refresh:         C.int32_t(0),    // GNLP_DEFAULT_REFRESH
+		compensation:    C.int32_t(0),    // GNLP_DEFAULT_COMPENSATION
 	}
 }

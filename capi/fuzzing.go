@@ -155,12 +155,13 @@ func (c *fuzzCase) config() C.gnlp_config {
 	cfg.proj_type = C.int32_t(c.in.pick(5))
 	cfg.optim_bits = C.int32_t([]int32{32, 8, 4}[c.in.pick(3)])
 	cfg.refresh = C.int32_t(c.in.pick(2))
+	cfg.compensation = C.int32_t(c.in.pick(2))
 	for range c.in.pick(3) {
-		switch f := c.in.pick(12); {
+		switch f := c.in.pick(13); {
 		case f < 6:
 			*[]*C.double{&cfg.lr, &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay, &cfg.scale}[f] = C.double(c.in.float())
 		default:
-			*[]*C.int32_t{&cfg.rank, &cfg.update_proj_gap, &cfg.proj_type, &cfg.correct_bias, &cfg.optim_bits, &cfg.refresh}[f-6] = C.int32_t(c.in.int())
+			*[]*C.int32_t{&cfg.rank, &cfg.update_proj_gap, &cfg.proj_type, &cfg.correct_bias, &cfg.optim_bits, &cfg.refresh, &cfg.compensation}[f-6] = C.int32_t(c.in.int())
 		}
 	}
 	return cfg

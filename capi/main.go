@@ -64,6 +64,7 @@ func configFromC(c *C.gnlp_config) (core.Config, error) {
 		Rank: int(c.rank), UpdateProjGap: int(c.update_proj_gap),
 		ProjType: core.ProjType(c.proj_type), CorrectBias: c.correct_bias != 0,
 		OptimBits: int(c.optim_bits), Refresh: core.RefreshMode(c.refresh),
+		Compensation: core.CompensationMode(c.compensation),
 	}
 	return cfg, cfg.Validate()
 }
@@ -79,6 +80,7 @@ func configToC(cfg core.Config) C.gnlp_config {
 		rank: C.int32_t(cfg.Rank), update_proj_gap: C.int32_t(cfg.UpdateProjGap),
 		proj_type: C.int32_t(cfg.ProjType), correct_bias: C.int32_t(correctBias),
 		optim_bits: C.int32_t(cfg.OptimBits), refresh: C.int32_t(cfg.Refresh),
+		compensation: C.int32_t(cfg.Compensation),
 	}
 }
 

@@ -45,6 +45,12 @@ const (
 	RefreshSubspace RefreshMode = 1
 )
 
+// CompensationMode values (gnlp_compensation).
+const (
+	CompensationNone     CompensationMode = 0
+	CompensationResidual CompensationMode = 1
+)
+
 // Defaults of gnlp_config (GNLP_DEFAULT_*), used by DefaultConfig.
 const (
 	defaultLR            = 1e-3
@@ -59,4 +65,8 @@ const (
 	defaultCorrectBias   = 1
 	defaultOptimBits     = 32
 	defaultRefresh       = 0
+	defaultCompensation  = 0
 )
+
+// compensationGrowth is GNLP_COMPENSATION_GROWTH.
+const compensationGrowth = 1.01

@@ -101,6 +101,13 @@ type Backend interface {
 	// AdamW applies plain AdamW: w = w Decay - StepSize N with the moments
 	// updated from grad (which is not modified).
 	AdamW(w, grad Tensor, mom Moments, h AdamParams) error
+	// SumSquares returns the sum over all elements of (a - b)^2, the
+	// difference rounded to float32 and the sum accumulated in float64, or
+	// of a^2 when b.Data is nil (b otherwise of a's shape). Its result
+	// depends on the data alone, not on thread counts or timing.
+	SumSquares(a, b Tensor) (float64, error)
+	// Axpby sets y = alpha x + beta y elementwise (same shape).
+	Axpby(alpha float32, x Tensor, beta float32, y Tensor) error
 }
 
 // Refresher is the optional extension of a Backend that the subspace

@@ -114,6 +114,8 @@ type job struct {
 	snapshotOK bool // the snapshot holds the state from before the batch
 	committed  bool
 	err        error
+	// compensation is c of a compensated step, from prepare to commit.
+	compensation float32
 }
 
 var batches sync.Pool
@@ -150,7 +152,7 @@ func (bt *batch) Run(u int) {
 	case phasePrepare:
 		j.err = bt.prepare(it, j)
 	case phaseCommit:
-		j.err = bt.withTransient(j, func(transient Tensor) error { return it.commit(bt.b, j.l, j.held, transient) })
+		j.err = bt.withTransient(j, func(transient Tensor) error { return it.commit(bt.b, j, transient) })
 		j.committed = j.err == nil
 	case phaseRollback:
 		if j.snapshotOK && !j.committed {
@@ -173,7 +175,7 @@ func (bt *batch) prepare(it *Item, j *job) error {
 	if err := j.snapshot(bt.b, it); err != nil {
 		return err
 	}
-	return bt.withTransient(j, func(transient Tensor) error { return it.prepare(bt.b, j.l, j.held, transient) })
+	return bt.withTransient(j, func(transient Tensor) error { return it.prepare(bt.b, j, transient) })
 }
 
 // withTransient runs f with transient workspace of j's item.

@@ -49,6 +49,22 @@ func (r RefreshMode) String() string {
 	return fmt.Sprintf("refresh(%d)", int32(r))
 }
 
+// CompensationMode chooses what happens to the part of the direction
+// gradient outside the projector's subspace: CompensationNone drops it
+// (SPEC section 1, as GaLore); CompensationResidual adds it back, scaled
+// and growth-limited as Fira does (compensation.go). Values are
+// gnlp_compensation's (abi_gen.go).
+type CompensationMode int32
+
+var compensationNames = [...]string{"none", "residual"}
+
+func (c CompensationMode) String() string {
+	if c >= 0 && int(c) < len(compensationNames) {
+		return compensationNames[c]
+	}
+	return fmt.Sprintf("compensation(%d)", int32(c))
+}
+
 // Config holds the hyperparameters of one step. Rank 0 means plain AdamW.
 type Config struct {
 	LR            float64
@@ -62,6 +78,7 @@ type Config struct {
 	CorrectBias   bool
 	OptimBits     int
 	Refresh       RefreshMode
+	Compensation  CompensationMode
 }
 
 // DefaultConfig follows torch.optim.AdamW for the Adam hyperparameters and
@@ -72,6 +89,7 @@ func DefaultConfig() Config {
 		LR: defaultLR, Beta1: defaultBeta1, Beta2: defaultBeta2, Eps: defaultEps, WeightDecay: defaultWeightDecay,
 		Scale: defaultScale, Rank: defaultRank, UpdateProjGap: defaultUpdateProjGap, ProjType: defaultProjType,
 		CorrectBias: defaultCorrectBias != 0, OptimBits: defaultOptimBits, Refresh: defaultRefresh,
+		Compensation: defaultCompensation,
 	}
 }
 
@@ -112,6 +130,9 @@ func (c Config) Validate() error {
 	}
 	if c.Refresh != RefreshSVD && c.Refresh != RefreshSubspace {
 		return Errorf(CodeUnknownOption, "unknown refresh %d (want 0: svd, 1: subspace)", int32(c.Refresh))
+	}
+	if c.Compensation != CompensationNone && c.Compensation != CompensationResidual {
+		return Errorf(CodeUnknownOption, "unknown compensation %d (want 0: none, 1: residual)", int32(c.Compensation))
 	}
 	if c.OptimBits != 32 && c.OptimBits != 8 && c.OptimBits != 4 {
 		return Errorf(CodeUnknownOption, "invalid optim_bits: %d (want 32, 8 or 4)", c.OptimBits)

@@ -21,6 +21,7 @@ const (
 	BufDirectionNorm     = "direction_norm"       // s: per-row norm of the direction V
 	BufMagnitudeExpAvg   = "magnitude_exp_avg"    // a1
 	BufMagnitudeExpAvgSq = "magnitude_exp_avg_sq" // a2
+	BufCompensationNorm  = "compensation_norm"    // the last compensated residual's norm (one float)
 )
 
 // BufferSpec describes one state buffer the caller must allocate.
@@ -49,6 +50,9 @@ type Plan struct {
 	Sides     Side // projector sides (projected only)
 	Bits      int  // optim_bits: 32, or the width of quantised state
 	Subspace  bool // refresh by subspace iteration (needs refresh scratch)
+	// Compensated: the residual outside the subspace is added back
+	// (CompensationResidual; needs a copy of R and residual scratch).
+	Compensated bool
 }
 
 // quantized reports whether a state tensor of n elements is stored as codes:
@@ -70,7 +74,7 @@ func PlanFor(shape Shape, cfg Config) Plan {
 	}
 	m, n := shape[0], shape[1]
 	p := Plan{Projected: true, M: m, N: n, K: min(cfg.Rank, m, n), Bits: cfg.OptimBits,
-		Subspace: cfg.Refresh == RefreshSubspace}
+		Subspace: cfg.Refresh == RefreshSubspace, Compensated: cfg.Compensation == CompensationResidual}
 	switch cfg.ProjType {
 	case ProjStd:
 		p.Sides = SideLeft
@@ -112,9 +116,10 @@ func (p Plan) RightShape() Shape { return Shape{p.K, p.N} }
 // the held region (kept from prepare to commit, step.go): dg (m), R, a
 // float32 copy of each quantised projector, and a snapshot of the state
 // for rollback; and the transient region: dV (m x n, later the update
-// projected back), for "full" the intermediate P^T dV (k x n), and under
-// refresh=subspace the refresh scratch (m x k, n x k and three k x k, see
-// refreshScratchElems).
+// projected back), for "full" the intermediate P^T dV (k x n), then
+// scratch that the refresh under refresh=subspace (m x k, n x k and three
+// k x k, see refreshScratchElems) and, at other times, the compensation
+// (see compensationScratchElems) share.
 func (p Plan) WorkspaceElems() int {
 	if !p.Projected {
 		return 0
@@ -138,7 +143,18 @@ func (p Plan) transientElems() int {
 	if p.Sides == SideLeft|SideRight {
 		elems += p.K * p.N
 	}
-	return elems + p.refreshScratchElems()
+	return elems + max(p.refreshScratchElems(), p.compensationScratchElems(p.M, p.LowRankShape().Numel()))
+}
+
+// compensationScratchElems is the transient scratch of a compensated step
+// on `rows` rows whose R has lowRank elements: a rows x n matrix (the
+// projection back of R, later the update), then a copy of R in prepare or
+// a dg (rows) in commit (compensation.go).
+func (p Plan) compensationScratchElems(rows, lowRank int) int {
+	if !p.Compensated {
+		return 0
+	}
+	return rows*p.N + max(lowRank, rows)
 }
 
 // snapshotElems is the float32 elements a copy of the state takes (each
@@ -234,12 +250,16 @@ func (p Plan) stateSpecs() []BufferSpec {
 		specs = append(specs, p.storedSpecs(BufProjRight, BufProjRightAbsmax, p.RightShape())...)
 	}
 	row := Shape{p.M}
-	return append(specs,
+	specs = append(specs,
 		BufferSpec{BufMagnitude, Float32, row},
 		BufferSpec{BufDirectionNorm, Float32, row},
 		BufferSpec{BufMagnitudeExpAvg, Float32, row},
 		BufferSpec{BufMagnitudeExpAvgSq, Float32, row},
 	)
+	if p.Compensated {
+		specs = append(specs, BufferSpec{BufCompensationNorm, Float32, Shape{1}})
+	}
+	return specs
 }
 
 // layoutKey is everything a parameter's layout depends on.
@@ -249,6 +269,7 @@ type layoutKey struct {
 	rank, bits int
 	projType   ProjType
 	refresh    RefreshMode
+	compensate CompensationMode
 }
 
 // cachedLayout is the layout and plan of one layoutKey, with the shapes a
@@ -274,7 +295,7 @@ var layouts struct {
 
 // layoutOf returns the (cached) layout of a checked parameter and config.
 func layoutOf(dtype DType, shape Shape, cfg Config) (*cachedLayout, error) {
-	key := layoutKey{dtype: dtype, ndim: len(shape), rank: cfg.Rank, bits: cfg.OptimBits, projType: cfg.ProjType, refresh: cfg.Refresh}
+	key := layoutKey{dtype: dtype, ndim: len(shape), rank: cfg.Rank, bits: cfg.OptimBits, projType: cfg.ProjType, refresh: cfg.Refresh, compensate: cfg.Compensation}
 	if len(shape) > 0 {
 		key.m = shape[0]
 	}

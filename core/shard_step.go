@@ -20,8 +20,9 @@ type Collective interface {
 	GatherRows(local, whole Tensor) error
 }
 
-// HostIO is what a backend adds to Backend for sharded steps: moving a few
-// values (the ranks' verdicts) between its memory and the host.
+// HostIO is what a backend adds to Backend for sharded and compensated
+// steps: moving a few values (the ranks' verdicts, a compensation's norm)
+// between its memory and the host.
 type HostIO interface {
 	ToHost(dst []float32, src Tensor) error
 	FromHost(dst Tensor, src []float32) error
@@ -91,6 +92,8 @@ type shardJob struct {
 	held       Tensor // dg, R, decoded projectors, AdamW's new weights, state snapshot
 	snapshotAt int
 	snapshotOK bool
+	// compensation is c of a compensated step, from prepare to commit.
+	compensation float32
 }
 
 // fail records a local error (of item i, when the step has several).
@@ -200,7 +203,7 @@ func (s *shardedStep) fingerprint() float32 {
 		it, sh := &s.items[i], s.shards[i]
 		cfg := it.Config
 		put(int64(it.Param.DType), int64(len(it.Param.Shape)), int64(sh.GlobalRows), int64(it.Param.Cols()), int64(sh.WorldSize), it.Step,
-			int64(cfg.Rank), int64(cfg.UpdateProjGap), int64(cfg.ProjType), int64(cfg.OptimBits), int64(cfg.Refresh),
+			int64(cfg.Rank), int64(cfg.UpdateProjGap), int64(cfg.ProjType), int64(cfg.OptimBits), int64(cfg.Refresh), int64(cfg.Compensation),
 			int64(math.Float64bits(cfg.LR)), int64(math.Float64bits(cfg.WeightDecay)), int64(math.Float64bits(cfg.Scale)))
 	}
 	return float32(h.Sum32()&(1<<24-1) | 1)

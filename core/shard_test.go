@@ -270,17 +270,21 @@ func TestShardedStepMatchesWholeMatrix(t *testing.T) {
 		world, bits int
 		pt          core.ProjType
 		refresh     core.RefreshMode
+		comp        core.CompensationMode
 	}
 	var cases []tc
 	for _, pt := range []core.ProjType{core.ProjStd, core.ProjReverseStd, core.ProjRight, core.ProjLeft, core.ProjFull} {
-		cases = append(cases, tc{3, 32, pt, core.RefreshSVD}, tc{3, 8, pt, core.RefreshSVD})
+		cases = append(cases, tc{3, 32, pt, core.RefreshSVD, core.CompensationNone}, tc{3, 8, pt, core.RefreshSVD, core.CompensationNone},
+			tc{3, 32, pt, core.RefreshSVD, core.CompensationResidual})
 	}
-	cases = append(cases, tc{2, 4, core.ProjStd, core.RefreshSVD}, tc{4, 8, core.ProjStd, core.RefreshSubspace},
-		tc{2, 32, core.ProjFull, core.RefreshSubspace}, tc{4, 32, core.ProjLeft, core.RefreshSVD})
+	cases = append(cases, tc{2, 4, core.ProjStd, core.RefreshSVD, core.CompensationNone}, tc{4, 8, core.ProjStd, core.RefreshSubspace, core.CompensationNone},
+		tc{2, 32, core.ProjFull, core.RefreshSubspace, core.CompensationNone}, tc{4, 32, core.ProjLeft, core.RefreshSVD, core.CompensationNone},
+		tc{4, 8, core.ProjStd, core.RefreshSubspace, core.CompensationResidual}, tc{2, 4, core.ProjLeft, core.RefreshSVD, core.CompensationResidual})
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("world%d/%dbit/%v/%v", c.world, c.bits, c.pt, c.refresh), func(t *testing.T) {
+		t.Run(fmt.Sprintf("world%d/%dbit/%v/%v/%v", c.world, c.bits, c.pt, c.refresh, c.comp), func(t *testing.T) {
 			cfg := core.DefaultConfig()
 			cfg.Rank, cfg.ProjType, cfg.UpdateProjGap, cfg.OptimBits, cfg.Refresh = 8, c.pt, 3, c.bits, c.refresh
+			cfg.Compensation = c.comp
 			cfg.LR, cfg.Scale = 1e-2, 0.25
 			shapes := []core.Shape{{600, 40}, {40, 600}, {5000}, {5, 6}}
 			var params []*shardedParam

@@ -6,8 +6,9 @@ package core
 // workspace is the float32 scratch of item it's step: held from prepare to
 // commit (dg, R, decoded projectors; a plain AdamW parameter's new weights
 // when its moments are quantised), and transient (dV of the local rows,
-// P^T dV for "full", then either the refresh's whole dV and scratch or the
-// decoded moments and their codec scratch).
+// P^T dV for "full", the compensation's scratch on the local rows, then
+// either the refresh's whole dV and scratch or the decoded moments and
+// their codec scratch).
 func (l *shardedLayout) workspace(it *Item) (held, transient int) {
 	plan := l.whole.plan
 	moments := 0
@@ -30,7 +31,7 @@ func (l *shardedLayout) workspace(it *Item) (held, transient int) {
 			held += plan.K * plan.N
 		}
 	}
-	transient = l.rows * plan.N
+	transient = l.rows*plan.N + plan.compensationScratchElems(l.rows, l.lowRank.Numel())
 	if plan.Sides == SideLeft|SideRight {
 		transient += plan.K * plan.N
 	}
@@ -44,6 +45,7 @@ func (l *shardedLayout) workspace(it *Item) (held, transient int) {
 type shardWork struct {
 	dg, r, newWeights Tensor
 	dv, tmp           Tensor
+	back, r0, dgAgain Tensor // the compensation's (as workspace's, step.go)
 	rest              Tensor // the refresh's or the moments' scratch
 }
 
@@ -71,6 +73,11 @@ func (s *shardedStep) work(i int) (state, shardWork) {
 		w.dv = t.take(Shape{l.rows, plan.N})
 		if plan.Sides == SideLeft|SideRight {
 			w.tmp = t.take(l.whole.tmp)
+		}
+		if plan.Compensated {
+			w.back = t.take(w.dv.Shape)
+			w.r0, w.dgAgain = t.ws.carve(t.off, l.lowRank), t.ws.carve(t.off, Shape{l.rows})
+			t.off += max(l.lowRank.Numel(), l.rows)
 		}
 	}
 	w.rest = t.ws.carve(t.off, Shape{t.ws.Shape.Numel() - t.off})
@@ -145,6 +152,10 @@ func (s *shardedStep) prepare(i int) error {
 			return collectiveError("sum of the projected gradient", err)
 		}
 	}
+	var norms residualNorms
+	if plan.Compensated {
+		s.do(i, func() error { return s.residual(i, local, w, &norms) })
+	}
 	if l.moments.quantized {
 		if err := s.quantizedMoments(i, st.moments, w.rest, func(m Moments) error { return b.AdamDirection(w.r, m, h) }); err != nil {
 			return err
@@ -156,6 +167,68 @@ func (s *shardedStep) prepare(i int) error {
 		s.do(i, func() error { return b.AdamDirection(w.dg, st.magnitudeMoments, h) })
 		s.do(i, func() error { return requireFinite(b, w.r, "its projected update", l.whole.full) })
 		s.do(i, func() error { return requireFinite(b, w.dg, "its magnitude update", l.whole.full) })
+	}
+	if plan.Compensated {
+		return s.compensate(i, w, norms)
+	}
+	return nil
+}
+
+// residual is the sharded form of residual (step.go): R copied, and this
+// rank's shares of ||S||^2 (its rows) and ||R||^2.
+func (s *shardedStep) residual(i int, local state, w shardWork, norms *residualNorms) error {
+	l, b := s.jobs[i].l, s.b
+	if w.r.Shape.Numel() > 0 {
+		if err := b.Copy(w.r0, w.r); err != nil {
+			return err
+		}
+	}
+	if l.rows > 0 {
+		if err := projectBack(b, l.whole.plan, local, w.r, 1, w.back, w.tmp); err != nil {
+			return err
+		}
+		var err error
+		if norms.residual, err = b.SumSquares(w.dv, w.back); err != nil {
+			return err
+		}
+	}
+	var err error
+	norms.grad, err = s.ownSquares(i, w.r)
+	return err
+}
+
+// ownSquares is this rank's share of the sum of squares of a tensor shaped
+// like R: all of its rows of a row-sharded R, all of a replicated R on
+// rank 0 only.
+func (s *shardedStep) ownSquares(i int, r Tensor) (float64, error) {
+	if r.Shape.Numel() == 0 || (s.jobs[i].l.whole.plan.Sides != SideRight && s.shards[i].Rank != 0) {
+		return 0, nil
+	}
+	return s.b.SumSquares(r, Tensor{})
+}
+
+// compensate agrees on the squared norms (one Sum of three values: every
+// rank then computes the same c from the same replicated
+// compensation_norm) and turns N into N - c R.
+func (s *shardedStep) compensate(i int, w shardWork, norms residualNorms) error {
+	it, j := &s.items[i], &s.jobs[i]
+	s.do(i, func() (err error) {
+		norms.update, err = s.ownSquares(i, w.r)
+		return err
+	})
+	host := []float32{float32(norms.residual), float32(norms.grad), float32(norms.update)}
+	s.do(i, func() error { return s.io.FromHost(s.flags, host) })
+	if err := s.c.Sum(s.flags); err != nil {
+		return collectiveError("sum of the compensation's norms", err)
+	}
+	s.do(i, func() error { return s.io.ToHost(host, s.flags) })
+	s.do(i, func() (err error) {
+		whole := residualNorms{residual: float64(host[0]), grad: float64(host[1]), update: float64(host[2])}
+		j.compensation, err = limitCompensation(s.b, compensationBuffer(j.l.whole, it.State), whole, j.l.whole.full)
+		return err
+	})
+	if w.r.Shape.Numel() > 0 {
+		s.do(i, func() error { return compensateLowRank(s.b, w.r, w.r0, j.compensation) })
 	}
 	return nil
 }
@@ -203,8 +276,18 @@ func (s *shardedStep) commit(i int) error {
 		}
 		return b.AdamW(it.Param, it.Grad, st.moments, h)
 	}
-	if err := projectBack(b, plan, l.localRows(st), w.r, float32(it.Config.Scale), w.dv, w.tmp); err != nil {
+	local, scale := l.localRows(st), float32(it.Config.Scale)
+	update := w.dv
+	if plan.Compensated {
+		if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, w.dgAgain, w.dv); err != nil {
+			return err
+		}
+		update = w.back
+		if err := compensatedUpdate(b, plan, local, w.r, w.dv, scale, s.jobs[i].compensation, update, w.tmp); err != nil {
+			return err
+		}
+	} else if err := projectBack(b, plan, local, w.r, scale, update, w.tmp); err != nil {
 		return err
 	}
-	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, w.dv, w.dg, h)
+	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, update, w.dg, h)
 }

@@ -136,12 +136,13 @@ func (it *Item) check() (*cachedLayout, error) {
 
 // prepare runs the half of a step that can fail; plain AdamW items have
 // nothing to prepare.
-func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) error {
+func (it *Item) prepare(b Backend, j *job, transient Tensor) error {
+	l := j.l
 	if !l.plan.Projected {
 		return nil
 	}
 	h := it.Config.adamParams(it.Step)
-	st, w := it.work(l, held, transient)
+	st, w := it.work(l, j.held, transient)
 	if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, w.dg, w.dv); err != nil {
 		return err
 	}
@@ -167,6 +168,12 @@ func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) erro
 	if err := project(b, l.plan, st, w.dv, w.r, w.tmp); err != nil {
 		return err
 	}
+	var norms residualNorms
+	if l.plan.Compensated {
+		if err := residual(b, l.plan, st, &w, &norms); err != nil {
+			return err
+		}
+	}
 	if err := b.AdamDirection(w.r, st.moments, h); err != nil {
 		return err
 	}
@@ -178,22 +185,63 @@ func (it *Item) prepare(b Backend, l *cachedLayout, held, transient Tensor) erro
 	if err := requireFinite(b, w.r, "its projected update", it.Param.Shape); err != nil {
 		return err
 	}
-	return requireFinite(b, w.dg, "its magnitude update", it.Param.Shape)
+	if err := requireFinite(b, w.dg, "its magnitude update", it.Param.Shape); err != nil {
+		return err
+	}
+	if !l.plan.Compensated {
+		return nil
+	}
+	var err error
+	if norms.update, err = b.SumSquares(w.r, Tensor{}); err != nil {
+		return err
+	}
+	if j.compensation, err = limitCompensation(b, compensationBuffer(l, it.State), norms, it.Param.Shape); err != nil {
+		return err
+	}
+	return compensateLowRank(b, w.r, w.r0, j.compensation)
+}
+
+// residual keeps a copy of R (w.r0) and measures ||S||^2 = ||dV - back(R)||^2
+// and ||R||^2 for a compensated step.
+func residual(b Backend, plan Plan, st state, w *workspace, norms *residualNorms) error {
+	if err := b.Copy(w.r0, w.r); err != nil {
+		return err
+	}
+	if err := projectBack(b, plan, st, w.r, 1, w.back, w.tmp); err != nil {
+		return err
+	}
+	var err error
+	if norms.residual, err = b.SumSquares(w.dv, w.back); err != nil {
+		return err
+	}
+	norms.grad, err = b.SumSquares(w.r, Tensor{})
+	return err
 }
 
 // commit finishes a prepared step: the update projected back, then the
 // parameter and its row norms written (or plain AdamW).
-func (it *Item) commit(b Backend, l *cachedLayout, held, transient Tensor) error {
+func (it *Item) commit(b Backend, j *job, transient Tensor) error {
+	l := j.l
 	h := it.Config.adamParams(it.Step)
 	if !l.plan.Projected {
 		return b.AdamW(it.Param, it.Grad, namedState(l, it.State).moments, h)
 	}
-	st, w := it.work(l, held, transient)
-	// dv is free again: it receives the update projected back.
-	if err := projectBack(b, l.plan, st, w.r, float32(it.Config.Scale), w.dv, w.tmp); err != nil {
+	st, w := it.work(l, j.held, transient)
+	scale := float32(it.Config.Scale)
+	update := w.dv // dv is free again: it receives the update projected back
+	if l.plan.Compensated {
+		// dV again, bit for bit: the inputs are those prepare read.
+		if err := b.WeightNormGrad(it.Param, it.Grad, st.magnitude, st.directionNorm, w.dgAgain, w.dv); err != nil {
+			return err
+		}
+		update = w.back
+		if err := compensatedUpdate(b, l.plan, st, w.r, w.dv, scale, j.compensation, update, w.tmp); err != nil {
+			return err
+		}
+	} else if err := projectBack(b, l.plan, st, w.r, scale, update, w.tmp); err != nil {
 		return err
 	}
-	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, w.dv, w.dg, h)
+	return b.WeightNormUpdate(it.Param, st.magnitude, st.directionNorm, update, w.dg, h)
 }
 
 // requireFinite refuses a step whose intermediate t overflowed float32.
@@ -230,12 +278,12 @@ func Step(b Backend, it *Item, ws Tensor) error {
 			return err
 		}
 		transient := ws.carve(l.held.Numel(), l.transient)
-		if err := it.prepare(b, l, j.held, transient); err != nil {
+		if err := it.prepare(b, &j, transient); err != nil {
 			return j.rollback(b, it, err)
 		}
-		return it.commit(b, l, j.held, transient)
+		return it.commit(b, &j, transient)
 	}
-	return it.commit(b, l, Tensor{}, Tensor{})
+	return it.commit(b, &j, Tensor{})
 }
 
 // work names the workspace regions of a projected item and points the
@@ -256,16 +304,23 @@ func (it *Item) work(l *cachedLayout, held, transient Tensor) (state, workspace)
 	if l.plan.Sides == SideLeft|SideRight {
 		w.tmp = t.take(l.tmp)
 	}
-	w.refresh = t // what is left is refresh scratch
+	w.refresh = t // what is left is refresh scratch, at other times the compensation's
+	if l.plan.Compensated {
+		w.back = t.take(l.full)
+		w.r0, w.dgAgain = t.ws.carve(t.off, l.lowRank), t.ws.carve(t.off, l.row)
+	}
 	return st, w
 }
 
 // workspace is a projected item's scratch: dg, then the magnitude's Adam
 // direction; R, then the low-rank Adam direction; dV, then the update
-// projected back; P^T dV for "full"; the refresh's scratch.
+// projected back; P^T dV for "full"; the refresh's scratch. A compensated
+// step's scratch overlaps the refresh's: back(R), later the update, and
+// either R (r0, in prepare) or a dg (dgAgain, in commit).
 type workspace struct {
-	dg, r, dv, tmp Tensor
-	refresh        arena
+	dg, r, dv, tmp    Tensor
+	refresh           arena
+	back, r0, dgAgain Tensor
 }
 
 // refreshes reports whether the item's step refreshes its projectors.

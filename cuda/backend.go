@@ -18,6 +18,8 @@ import (
 //   - AllFinite with Flag nil (it must return the answer);
 //   - SingularVectors (a projector refresh) waits once, for the solver's
 //     convergence flag;
+//   - SumSquares (compensation=residual: three per projected matrix and
+//     step) returns its sum;
 //   - Read (explicit).
 //
 // With Flag set, AllFinite only records a non-finite tensor in *Flag and
@@ -258,3 +260,20 @@ func (b Backend) Scratch(n int) (core.Tensor, any, error) {
 
 // Release frees what Scratch lent, in stream order.
 func (b Backend) Release(token any) { _ = b.Free(token.(unsafe.Pointer)) }
+
+// SumSquares is the deterministic two-pass reduction of the kernels; it
+// waits for the stream to return the sum (see Backend).
+func (b Backend) SumSquares(a, other core.Tensor) (float64, error) {
+	var e errText
+	var out C.double
+	err := e.check(C.gc_sum_squares(b.api(), b.dev(), f32p(a), f32p(other), i64(a.Shape.Numel()), &out,
+		b.Stream, e.ptr(), e.len()))
+	return float64(out), err
+}
+
+// Axpby sets y = alpha x + beta y; a set Skip makes it a no-op.
+func (b Backend) Axpby(alpha float32, x core.Tensor, beta float32, y core.Tensor) error {
+	var e errText
+	return e.check(C.gc_axpby(b.api(), b.dev(), C.float(alpha), f32p(x), C.float(beta), f32p(y),
+		i64(y.Shape.Numel()), b.skip(), b.Stream, e.ptr(), e.len()))
+}

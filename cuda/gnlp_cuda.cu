@@ -288,6 +288,41 @@ template <int DT> __global__ void k_all_finite(const typename Elem<DT>::T *x, in
     }
 }
 
+// Per-block sums of (a - b)^2, or of a^2 when b is null. The grid depends
+// on n alone, so k_sum_partials adds the same partials in the same order on
+// every call: the result is deterministic.
+__global__ void k_sum_squares(const float *a, const float *b, int64_t n, double *partial) {
+    double acc = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        acc += b != nullptr ? diff_sq(a[i], b[i]) : sq(a[i]);
+    }
+    const double sum = block_sum(acc);
+    if (threadIdx.x == 0) {
+        partial[blockIdx.x] = sum;
+    }
+}
+
+// One block adds k_sum_squares' partials into *out.
+__global__ void k_sum_partials(const double *partial, int n, double *out) {
+    double acc = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        acc += partial[i];
+    }
+    const double sum = block_sum(acc);
+    if (threadIdx.x == 0) {
+        *out = sum;
+    }
+}
+
+__global__ void k_axpby(float alpha, const float *x, float beta, float *y, int64_t n, const int32_t *skip) {
+    if (skipped(skip)) {
+        return;
+    }
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        y[i] = axpby(alpha, x[i], beta, y[i]);
+    }
+}
+
 template <int DT>
 __global__ void k_row_norms(const typename Elem<DT>::T *w, int64_t rows, int64_t cols, float *out) {
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -847,6 +882,56 @@ int gnlp_cuda_all_finite(int32_t device, const void *x, int32_t dtype, int64_t n
     }
     DTYPE_SWITCH(dtype, k_all_finite<DT><<<grid_for(n), kThreads, 0, st>>>(CPTR(DT, x), n, flag));
     LAUNCHED("k_all_finite");
+    return kOK;
+}
+
+int gnlp_cuda_sum_squares(int32_t device, const float *a, const float *b, int64_t n, double *out, void *stream,
+                          char *err_buf, size_t err_len) {
+    ENTER(device);
+    STREAM;
+    *out = 0;
+    if (n <= 0) {
+        return kOK;
+    }
+    cudaMemPool_t pool;
+    int rc = pool_for(device, &pool, err);
+    if (rc != kOK) {
+        return rc;
+    }
+    const int blocks = grid_for(n);
+    double *partial = nullptr; // blocks partials, then the sum
+    CUDA_TRY(cudaMallocFromPoolAsync((void **)&partial, sizeof(double) * (size_t)(blocks + 1), pool, st));
+    k_sum_squares<<<blocks, kThreads, 0, st>>>(a, b, n, partial);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) {
+        k_sum_partials<<<1, kThreads, 0, st>>>(partial, blocks, partial + blocks);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess) {
+        e = cudaMemcpyAsync(out, partial + blocks, sizeof(double), cudaMemcpyDeviceToHost, st);
+    }
+    const cudaError_t freed = cudaFreeAsync(partial, st);
+    if (e == cudaSuccess) {
+        e = freed;
+    }
+    if (e == cudaSuccess) {
+        e = cudaStreamSynchronize(st);
+    }
+    if (e != cudaSuccess) {
+        return cuda_fail(err, e, "sum of squares");
+    }
+    return kOK;
+}
+
+int gnlp_cuda_axpby(int32_t device, float alpha, const float *x, float beta, float *y, int64_t n,
+                    const int32_t *skip, void *stream, char *err_buf, size_t err_len) {
+    ENTER(device);
+    STREAM;
+    if (n <= 0) {
+        return kOK;
+    }
+    k_axpby<<<grid_for(n), kThreads, 0, st>>>(alpha, x, beta, y, n, skip);
+    LAUNCHED("k_axpby");
     return kOK;
 }
 

@@ -41,7 +41,7 @@
 extern "C" {
 #endif
 
-#define GNLP_CUDA_ABI_VERSION 2
+#define GNLP_CUDA_ABI_VERSION 3
 
 /* GNLP_ERR_NO_DRIVER (no NVIDIA driver, or no CUDA device) and GNLP_ERR_CUDA
  * (a CUDA runtime/cuBLAS/cuSOLVER call failed) of include/gradnormlorp.h,
@@ -93,6 +93,15 @@ int gnlp_cuda_scratch_info(int32_t device, int32_t release, int64_t *reserved, i
  * Inf; leaves it alone otherwise. */
 int gnlp_cuda_all_finite(int32_t device, const void *x, int32_t dtype, int64_t n, int32_t *flag, void *stream,
                          char *err, size_t err_len);
+
+/* Writes to *out (host) the sum over n float32 elements of (a - b)^2, the
+ * difference in float32 and the sum in float64, or of a^2 when b is NULL;
+ * deterministic (fixed reduction order). Waits for the stream. */
+int gnlp_cuda_sum_squares(int32_t device, const float *a, const float *b, int64_t n, double *out, void *stream,
+                          char *err, size_t err_len);
+/* y = alpha x + beta y over n float32 elements; a no-op when *skip != 0. */
+int gnlp_cuda_axpby(int32_t device, float alpha, const float *x, float beta, float *y, int64_t n,
+                    const int32_t *skip, void *stream, char *err, size_t err_len);
 
 /* out[i] = ||w_i|| (float64 accumulation). */
 int gnlp_cuda_row_norms(int32_t device, const void *w, int32_t dtype, int64_t rows, int64_t cols, float *out,

@@ -28,6 +28,12 @@
       (d, r, res, used, peak, e, l))                                                                          \
     X(all_finite, int, (int32_t d, const void *x, int32_t dt, int64_t n, int32_t *f, void *s, char *e, size_t l), \
       (d, x, dt, n, f, s, e, l))                                                                              \
+    X(sum_squares, int, (int32_t d, const float *a, const float *b, int64_t n, double *o, void *s, char *e, size_t l), \
+      (d, a, b, n, o, s, e, l))                                                                               \
+    X(axpby, int,                                                                                             \
+      (int32_t d, float al, const float *x, float be, float *y, int64_t n, const int32_t *skip, void *s, char *e, \
+       size_t l),                                                                                             \
+      (d, al, x, be, y, n, skip, s, e, l))                                                                    \
     X(row_norms, int,                                                                                         \
       (int32_t d, const void *w, int32_t dt, int64_t r, int64_t c, float *o, void *s, char *e, size_t l),     \
       (d, w, dt, r, c, o, s, e, l))                                                                           \

@@ -203,6 +203,13 @@ GNLP_HD double sq(float v) { return (double)v * (double)v; }
 // The float32 norm of a float64 sum of squares.
 GNLP_HD float norm_of(double sumsq) { return (float)sqrt(sumsq); }
 
+// One term of SumSquares with a second operand: the difference rounded to
+// float32, squared in float64.
+GNLP_HD double diff_sq(float a, float b) { return sq(a - b); }
+
+// One element of Axpby: y = alpha x + beta y.
+GNLP_HD float axpby(float alpha, float x, float beta, float y) { return alpha * x + beta * y; }
+
 // ---------------------------------------------------------------- Adam
 
 // The per-step scalars of core.AdamParams.

@@ -41,6 +41,8 @@
  * GNLP_ABI_MINOR counts compatible additions (new functions, marked "ABI
  * minor N" below) within one GNLP_ABI_VERSION; it restarts at 0 when the
  * version changes. A caller that uses an addition checks gnlp_abi_minor().
+ * ABI 2 added gnlp_config.compensation (a struct layout change); everything
+ * else of ABI 1 minor 2 is in it unchanged.
  *
  * This header is also the source of the ABI's constants for every other
  * language: `make abi-check` (internal/abigen) keeps the mirrors in Go,
@@ -56,8 +58,8 @@
 extern "C" {
 #endif
 
-#define GNLP_ABI_VERSION 1
-#define GNLP_ABI_MINOR 2
+#define GNLP_ABI_VERSION 2
+#define GNLP_ABI_MINOR 0
 
 /* Longest state-buffer name, including the terminating NUL. */
 #define GNLP_NAME_MAX 32
@@ -83,7 +85,7 @@ typedef enum gnlp_status {
     GNLP_ERR_INTERNAL = 13,        /* a bug: please report it with the message */
     GNLP_ERR_NO_DRIVER = 14,       /* no NVIDIA driver (libnvidia-ml / libcuda) or no CUDA device */
     GNLP_ERR_CUDA = 15,            /* a CUDA runtime, cuBLAS or cuSOLVER call failed (out of memory, ...) */
-    GNLP_ERR_COLLECTIVE = 16       /* ABI minor 2: a collective callback failed, or another rank
+    GNLP_ERR_COLLECTIVE = 16       /* a collective callback failed, or another rank
                                     * refused the sharded step; nothing was changed */
 } gnlp_status;
 
@@ -107,11 +109,22 @@ typedef enum gnlp_proj_type {
     GNLP_PROJ_FULL = 4         /* R = P^T dV Q^T, core r x r */
 } gnlp_proj_type;
 
-/* gnlp_config.refresh (ABI minor 1 names the values 0 and 1 of ABI 1). */
+/* gnlp_config.refresh. */
 typedef enum gnlp_refresh {
     GNLP_REFRESH_SVD = 0,     /* exact SVD */
     GNLP_REFRESH_SUBSPACE = 1 /* subspace iteration, warm-started */
 } gnlp_refresh;
+
+/* gnlp_config.compensation (ABI 2): what happens to the part of the
+ * direction gradient outside the projector's subspace. */
+typedef enum gnlp_compensation {
+    GNLP_COMPENSATION_NONE = 0,    /* dropped (SPEC section 1, GaLore) */
+    GNLP_COMPENSATION_RESIDUAL = 1 /* added back, norm-scaled and growth-limited (Fira-style) */
+} gnlp_compensation;
+
+/* Most a compensated residual's norm may grow from one step to the next
+ * (Fira's norm-growth limiter). */
+#define GNLP_COMPENSATION_GROWTH 1.01
 
 /* A dense tensor of rank 1 or 2. Strides are in elements, row-major
  * contiguous means strides = {shape[1], 1} (rank 2) or {1} (rank 1). */
@@ -140,7 +153,20 @@ typedef struct gnlp_tensor {
  * always exact, and a backend without the needed primitives refreshes
  * exactly. With refresh 1 the workspace (gnlp_workspace_size) includes
  * (m + n + 3r) r floats of refresh scratch. Other values are rejected
- * (GNLP_ERR_UNKNOWN_OPTION). */
+ * (GNLP_ERR_UNKNOWN_OPTION).
+ *
+ * compensation 1 (GNLP_COMPENSATION_RESIDUAL) adds to the projected-back
+ * update the rest of the direction gradient, S = dV - back(R) (back is the
+ * projection back: P R, R Q or P R Q), scaled as Fira does: the update
+ * becomes scale * (back(N) + c S) with c = ||N|| / ||R|| (N the low-rank
+ * Adam direction, Frobenius norms of the whole matrix), except that c ||S||
+ * may not exceed GNLP_COMPENSATION_GROWTH times its value of the previous
+ * step (kept in the state buffer "compensation_norm", one float per matrix;
+ * 0, as initialised, sets no limit). It costs a pass over the parameter
+ * and gradient more per step, and m n + max(m, size of R) floats more of
+ * transient workspace (shared with the refresh's). On a CUDA device it
+ * waits for the stream per matrix and step, to read its norms and the
+ * stored compensation_norm. */
 typedef struct gnlp_config {
     double lr;
     double beta1;
@@ -157,6 +183,7 @@ typedef struct gnlp_config {
                               * an fp32 absmax per 256 values, for buffers of
                               * >= 4096 elements; see gnlp_state_layout) */
     int32_t refresh;         /* gnlp_refresh: 0 exact SVD, 1 subspace iteration */
+    int32_t compensation;    /* gnlp_compensation: 0 none, 1 residual (ABI 2) */
 } gnlp_config;
 
 /* Defaults, one per gnlp_config field (gnlp_config_default() returns
@@ -174,6 +201,7 @@ typedef struct gnlp_config {
 #define GNLP_DEFAULT_CORRECT_BIAS 1
 #define GNLP_DEFAULT_OPTIM_BITS 32
 #define GNLP_DEFAULT_REFRESH GNLP_REFRESH_SVD
+#define GNLP_DEFAULT_COMPENSATION GNLP_COMPENSATION_NONE
 
 /* One state buffer as the library wants it allocated. */
 typedef struct gnlp_buffer_spec {
@@ -195,7 +223,7 @@ typedef struct gnlp_step_item {
     int64_t step;             /* 1-based: 1 on the first step of this parameter */
 } gnlp_step_item;
 
-/* ABI minor 2: row sharding, as FSDP2 (torch.distributed.fsdp.fully_shard)
+/* Row sharding, as FSDP2 (torch.distributed.fsdp.fully_shard)
  * stores a parameter: a DTensor with placement Shard(0) on a 1-D mesh.
  * Rank k of world_size holds rows [k c, min((k+1) c, global_rows)) of the
  * whole parameter, c = ceil(global_rows / world_size) (torch.chunk's split:
@@ -210,7 +238,7 @@ typedef struct gnlp_shard {
     int32_t world_size;  /* ranks the rows are split across, >= 1 */
 } gnlp_shard;
 
-/* ABI minor 2: what a collective callback is asked to do. Tensors are
+/* What a collective callback is asked to do. Tensors are
  * float32 and contiguous, on the items' device (host or CUDA, on the step's
  * stream); every rank makes the same calls in the same order. */
 typedef enum gnlp_collective_op {
@@ -221,7 +249,7 @@ typedef enum gnlp_collective_op {
                                      * offset of the gnlp_shard split (uneven splits allowed) */
 } gnlp_collective_op;
 
-/* ABI minor 2: a collective over the ranks of the shard's process group,
+/* A collective over the ranks of the shard's process group,
  * implemented by the caller (the Python package runs torch.distributed on
  * the DTensor's mesh). Returns 0 on success; anything else makes the step
  * fail with GNLP_ERR_COLLECTIVE. Called only from the thread that called
@@ -341,26 +369,26 @@ gnlp_status gnlp_step_batch_async(const gnlp_step_item *items, int32_t n_items, 
 gnlp_status gnlp_workspace_size(const gnlp_tensor *param, const gnlp_config *config,
                                 int64_t *bytes);
 
-/* ABI minor 1: GNLP_ABI_MINOR of the library. */
+/* GNLP_ABI_MINOR of the library. */
 int32_t gnlp_abi_minor(void);
 
-/* ABI minor 1: validates a config alone (GNLP_ERR_INVALID_ARGUMENT or
+/* Validates a config alone (GNLP_ERR_INVALID_ARGUMENT or
  * GNLP_ERR_UNKNOWN_OPTION with a message naming the field and its value),
  * as every other call taking a config does first. */
 gnlp_status gnlp_config_validate(const gnlp_config *config);
 
-/* ABI minor 1: the CPU worker pool. Every parallel loop of a CPU step uses
+/* The CPU worker pool. Every parallel loop of a CPU step uses
  * at most n threads, the caller's included; n == 0 (the default) means one
  * per core the Go runtime sees (GOMAXPROCS). The environment variable
  * GNLP_NUM_THREADS sets it when the library loads. Takes effect from the
  * next step; negative n: GNLP_ERR_INVALID_ARGUMENT. */
 gnlp_status gnlp_set_num_threads(int32_t n);
 
-/* ABI minor 1: the number of threads a CPU loop may use now (n, or the
+/* The number of threads a CPU loop may use now (n, or the
  * number of cores when n is 0; never more than GOMAXPROCS). */
 int32_t gnlp_num_threads(void);
 
-/* ---------------------------------------------------- sharded (ABI minor 2) */
+/* ------------------------------------------------------------------ sharded */
 
 /* The state buffers of one rank's share of a row-sharded parameter: the
  * buffers gnlp_state_layout gives the whole parameter (same names, order,

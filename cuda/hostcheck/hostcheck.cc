@@ -334,6 +334,20 @@ int hc_all_finite(const void *x, int32_t dtype, int64_t n) {
     return 0;
 }
 
+double hc_sum_squares(const float *a, const float *b, int64_t n) {
+    double acc = 0;
+    for (int64_t i = 0; i < n; i++) {
+        acc += b != nullptr ? diff_sq(a[i], b[i]) : sq(a[i]);
+    }
+    return acc;
+}
+
+void hc_axpby(float alpha, const float *x, float beta, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        y[i] = axpby(alpha, x[i], beta, y[i]);
+    }
+}
+
 void hc_row_norms(const void *w, int32_t dtype, int64_t rows, int64_t cols, float *out) {
     DISPATCH(dtype, row_norms<DT>(w, rows, cols, out));
 }

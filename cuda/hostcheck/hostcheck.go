@@ -82,6 +82,31 @@ func (Backend) Copy(dst, src core.Tensor) error {
 	return nil
 }
 
+// SumSquares is the kernels' sum of squares, in one sequential pass.
+func (Backend) SumSquares(a, b core.Tensor) (float64, error) {
+	return float64(C.hc_sum_squares(f32p(a), f32p(b), i64(a.Shape.Numel()))), nil
+}
+
+// Axpby sets y = alpha x + beta y.
+func (Backend) Axpby(alpha float32, x core.Tensor, beta float32, y core.Tensor) error {
+	C.hc_axpby(C.float(alpha), f32p(x), C.float(beta), f32p(y), i64(y.Shape.Numel()))
+	return nil
+}
+
+var _ core.HostIO = Backend{}
+
+// ToHost copies src (float32, host memory here) into dst.
+func (Backend) ToHost(dst []float32, src core.Tensor) error {
+	copy(dst, unsafe.Slice((*float32)(src.Data), len(dst)))
+	return nil
+}
+
+// FromHost copies src into dst (float32).
+func (Backend) FromHost(dst core.Tensor, src []float32) error {
+	copy(unsafe.Slice((*float32)(dst.Data), len(src)), src)
+	return nil
+}
+
 // RowNorms writes the norm of each row of w into out.
 func (Backend) RowNorms(w, out core.Tensor) error {
 	C.hc_row_norms(w.Data, C.int32_t(w.DType), i64(w.Rows()), i64(w.Cols()), f32p(out))

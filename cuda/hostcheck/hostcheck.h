@@ -27,6 +27,8 @@ typedef struct hc_moments {
 } hc_moments;
 
 int hc_all_finite(const void *x, int32_t dtype, int64_t n);
+double hc_sum_squares(const float *a, const float *b, int64_t n);
+void hc_axpby(float alpha, const float *x, float beta, float *y, int64_t n);
 void hc_row_norms(const void *w, int32_t dtype, int64_t rows, int64_t cols, float *out);
 void hc_weight_norm_grad(const void *w, const void *grad, int32_t dtype, int64_t rows, int64_t cols, const float *g,
                          const float *s, float *dg, float *dv);

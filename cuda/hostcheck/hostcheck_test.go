@@ -195,6 +195,23 @@ func TestRowNorms(t *testing.T) {
 	}
 }
 
+func TestSumSquaresAndAxpby(t *testing.T) {
+	const n = 70001 // over one CPU chunk, not a multiple of a block
+	rng := newRNG(6)
+	a, b := randTensor(rng, core.Float32, 1, n), randTensor(rng, core.Float32, 1, n)
+	for _, other := range []core.Tensor{{}, b} {
+		want, err := cpu.Backend{}.SumSquares(a, other)
+		require.NoError(t, err)
+		got, err := Backend{}.SumSquares(a, other)
+		require.NoError(t, err)
+		assert.InEpsilon(t, want, got, 1e-12, "second operand %v", other.Data != nil)
+	}
+	want, got := clone(b), clone(b)
+	require.NoError(t, cpu.Backend{}.Axpby(-0.7, a, 1.3, want))
+	require.NoError(t, Backend{}.Axpby(-0.7, a, 1.3, got))
+	require.Equal(t, f32s(want), f32s(got), "axpby rounds once per product and once for the sum")
+}
+
 // rowState gives magnitudes with a zero row (0), a row whose direction norm
 // is zero (1), a negative magnitude (2) and ordinary rows.
 func rowState(rng *rand.Rand, m int) (g, s core.Tensor) {
@@ -530,6 +547,9 @@ func TestStepsMatchCPU(t *testing.T) {
 				name := "adamw"
 				if pt >= 0 {
 					cfg.Rank, cfg.ProjType, name = 48, pt, pt.String()
+				}
+				if pt == core.ProjStd && bits == 8 {
+					cfg.Compensation, name = core.CompensationResidual, name+"+residual"
 				}
 				t.Run(fmt.Sprintf("%v/%d-bit/%s", dt, bits, name), func(t *testing.T) {
 					const m, n = 72, 96 // low-rank moments 72x48 or 48x96: quantised

@@ -203,7 +203,7 @@ func parse(src string) (*header, error) {
 		}
 		h.structs = append(h.structs, s)
 	}
-	for _, need := range []string{"gnlp_status", "gnlp_dtype", "gnlp_proj_type", "gnlp_refresh"} {
+	for _, need := range []string{"gnlp_status", "gnlp_dtype", "gnlp_proj_type", "gnlp_refresh", "gnlp_compensation"} {
 		if h.enum(need) == nil {
 			return nil, fmt.Errorf("no enum %s", need)
 		}
@@ -380,6 +380,7 @@ var goEnums = []struct{ enum, typ, prefix string }{
 	{"gnlp_dtype", "DType", ""},
 	{"gnlp_proj_type", "ProjType", "Proj"},
 	{"gnlp_refresh", "RefreshMode", "Refresh"},
+	{"gnlp_compensation", "CompensationMode", "Compensation"},
 }
 
 func renderCore(h *header) (string, error) {
@@ -405,6 +406,11 @@ func renderCore(h *header) (string, error) {
 		fmt.Fprintf(&b, "\tdefault%s = %s\n", camel(f.name), v)
 	}
 	b.WriteString(")\n")
+	growth, err := h.value(h.defines["GNLP_COMPENSATION_GROWTH"])
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(&b, "\n// compensationGrowth is GNLP_COMPENSATION_GROWTH.\nconst compensationGrowth = %s\n", growth)
 	return b.String(), nil
 }
 
@@ -429,7 +435,7 @@ func renderCAPI(h *header) (string, error) {
 }
 
 // pyEnumDicts are enums Python also gets as name -> value dicts.
-var pyEnumDicts = map[string]string{"gnlp_proj_type": "PROJ_TYPES", "gnlp_refresh": "REFRESH_MODES"}
+var pyEnumDicts = map[string]string{"gnlp_proj_type": "PROJ_TYPES", "gnlp_refresh": "REFRESH_MODES", "gnlp_compensation": "COMPENSATION_MODES"}
 
 func renderPython(h *header) (string, error) {
 	var b strings.Builder

@@ -24,6 +24,7 @@ func TestEveryConfigFieldNeedsADefault(t *testing.T) {
 typedef enum gnlp_dtype { GNLP_FLOAT32 = 0 } gnlp_dtype;
 typedef enum gnlp_proj_type { GNLP_PROJ_STD = 0 } gnlp_proj_type;
 typedef enum gnlp_refresh { GNLP_REFRESH_SVD = 0 } gnlp_refresh;
+typedef enum gnlp_compensation { GNLP_COMPENSATION_NONE = 0 } gnlp_compensation;
 typedef struct gnlp_config { double lr; int32_t dummy; } gnlp_config;
 #define GNLP_DEFAULT_LR 1e-3
 `)

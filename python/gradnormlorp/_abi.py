@@ -4,10 +4,11 @@ the header and run `make abi`)."""
 
 import ctypes
 
-ABI_VERSION = 1
-ABI_MINOR = 2
+ABI_VERSION = 2
+ABI_MINOR = 0
 GNLP_NAME_MAX = 32
 GNLP_MAX_STATE = 16
+GNLP_COMPENSATION_GROWTH = 1.01
 
 # gnlp_status
 GNLP_OK = 0
@@ -51,6 +52,11 @@ GNLP_REFRESH_SVD = 0
 GNLP_REFRESH_SUBSPACE = 1
 REFRESH_MODES = {"svd": 0, "subspace": 1}
 
+# gnlp_compensation
+GNLP_COMPENSATION_NONE = 0
+GNLP_COMPENSATION_RESIDUAL = 1
+COMPENSATION_MODES = {"none": 0, "residual": 1}
+
 # gnlp_collective_op
 GNLP_COLLECTIVE_SUM = 0
 GNLP_COLLECTIVE_MAX = 1
@@ -90,6 +96,7 @@ CONFIG_DEFAULTS = {
     "correct_bias": 1,
     "optim_bits": 32,
     "refresh": 0,
+    "compensation": 0,
 }
 
 
@@ -119,6 +126,7 @@ class gnlp_config(ctypes.Structure):
         ("correct_bias", ctypes.c_int32),
         ("optim_bits", ctypes.c_int32),
         ("refresh", ctypes.c_int32),
+        ("compensation", ctypes.c_int32),
     ]
 
 
@@ -172,9 +180,9 @@ class gnlp_gpu_info(ctypes.Structure):
 # checks the same numbers with sizeof).
 SIZEOF = {
     "gnlp_tensor": 56,
-    "gnlp_config": 72,
+    "gnlp_config": 80,
     "gnlp_buffer_spec": 64,
-    "gnlp_step_item": 208,
+    "gnlp_step_item": 216,
     "gnlp_shard": 24,
     "gnlp_gpu_info": 264,
 }

@@ -136,7 +136,6 @@ _SHARDED_SIGNATURES = {
         [ctypes.POINTER(gnlp_step_item), _S_P, ctypes.c_int32, COLLECTIVE_FN, ctypes.c_void_p, ctypes.c_void_p],
     ),
 }
-SHARDED_ABI_MINOR = 2
 
 _lock = threading.Lock()
 _lib = None
@@ -390,15 +389,13 @@ def step_batch(items: ctypes.Array, stream=None) -> None:
 
 
 def sharded_lib() -> ctypes.CDLL:
-    """The library, if it has the row-sharded calls (ABI minor 2); else
+    """The library, if it has the row-sharded calls; else
     GradNormLoRPError(GNLP_ERR_BACKEND_UNAVAILABLE) saying so."""
     L = lib()
-    minor = L.gnlp_abi_minor()
-    if minor < SHARDED_ABI_MINOR or not all(hasattr(L, name) for name in _SHARDED_SIGNATURES):
+    if not all(hasattr(L, name) for name in _SHARDED_SIGNATURES):
         raise GradNormLoRPError(
-            f"{library_path()} has ABI minor {minor}, without the row-sharded step (ABI minor "
-            f"{SHARDED_ABI_MINOR}) that FSDP2's sharded parameters need; rebuild it from this source "
-            f"(`make lib`)",
+            f"{library_path()} lacks the row-sharded step that FSDP2's sharded parameters need; "
+            f"rebuild it from this source (`make lib`)",
             GNLP_ERR_BACKEND_UNAVAILABLE,
         )
     return L

@@ -145,6 +145,11 @@ ROW_NOTES = {
     "gradnormlorp-8bit": "gnlp_state_layout, optim_bits=8",
     "gradnormlorp-4bit": "gnlp_state_layout, optim_bits=4",
 }
+# compensation="residual" rows: the same layouts plus one float
+# (compensation_norm) per projected matrix.
+for _name, _note in list(ROW_NOTES.items()):
+    if _name.startswith("gradnormlorp"):
+        ROW_NOTES[_name + "-residual"] = _note + ", compensation=residual"
 
 # The paper's headline: 8-bit GradNormLoRP saves 89.5% of 32-bit AdamW's state
 # on LLaMA-7B at rank 1024 (SPEC section 4).
@@ -202,11 +207,12 @@ def _galore_8bit(tensors: Sequence[Param], rank: int, param_bytes: int) -> int:
             + GALORE_UNORM_VEC * len(tensors))
 
 
-def _gradnormlorp(tensors: Sequence[Param], rank: int, bits: int, dtype: str) -> int:
+def _gradnormlorp(tensors: Sequence[Param], rank: int, bits: int, dtype: str, compensation: str = "none") -> int:
     """The library's layout, summed over every parameter. The query reads only
     dtype, ndim and shape, so the tensors are described without data."""
     cfg = _lib.lib().gnlp_config_default()
     cfg.optim_bits = bits
+    cfg.compensation = _lib.COMPENSATION_MODES[compensation]
     gnlp_dtype = _lib.gnlp_dtype_of(DTYPES[dtype])
     total = 0
     for t in tensors:
@@ -432,11 +438,12 @@ def resolve_model(model: str | LlamaShape | Mapping[str, Any]) -> tuple[str, Lla
 
 
 def report(model: str | LlamaShape | Mapping[str, Any], rank: int, bits: int | Sequence[int] = (32, 8, 4),
-           dtype: str = "bf16") -> Report:
+           dtype: str = "bf16", residual: bool = False) -> Report:
     """Optimizer-state bytes of `model` (see :func:`resolve_model`) at `rank`
     for every peer optimizer and for GradNormLoRP at each width of `bits`
     (32, 8, 4), with weights in `dtype` ("bf16", "fp16" or "fp32"; the
-    default is the paper's)."""
+    default is the paper's). With `residual`, each GradNormLoRP row is
+    followed by its ``compensation="residual"`` twin (name + "-residual")."""
     bits = (bits,) if isinstance(bits, int) else tuple(bits)
     if any(b not in (32, 8, 4) for b in bits):
         raise ValueError(f"bits must be 32, 8 or 4, got {bits!r}")
@@ -457,6 +464,9 @@ def report(model: str | LlamaShape | Mapping[str, Any], rank: int, bits: int | S
     for b in bits:
         name = "gradnormlorp" if b == 32 else f"gradnormlorp-{b}bit"
         rows.append(Row(name, _gradnormlorp(tensors, rank, b, dtype), "gnlp_state_layout"))
+        if residual:
+            rows.append(Row(name + "-residual", _gradnormlorp(tensors, rank, b, dtype, "residual"),
+                            "gnlp_state_layout"))
     return Report(label, rank, dtype, shape, tuple(rows))
 
 
@@ -476,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, choices=(32, 8, 4),
                         help="show GradNormLoRP at this state width only (default: 32, 8 and 4)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="bf16", help="weight dtype (default bf16)")
+    parser.add_argument("--residual", action="store_true",
+                        help='also GradNormLoRP with compensation="residual" (one float more per projected matrix)')
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     out.add_argument("--markdown", action="store_true", help="print a Markdown document instead of a table")
@@ -485,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        rep = report(args.model or args.config, args.rank, args.bits or (32, 8, 4), args.dtype)
+        rep = report(args.model or args.config, args.rank, args.bits or (32, 8, 4), args.dtype, args.residual)
     except ValueError as e:
         parser.error(str(e))
     if args.json:

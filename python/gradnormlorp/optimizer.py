@@ -67,6 +67,15 @@ class GradNormLoRP(Optimizer):
             much faster, captured energy >= 0.999 of the exact subspace on
             real gradients, see bench/step.py; the first refresh of each
             parameter is exact).
+        compensation (str): what happens to the part of the direction
+            gradient outside the projector's subspace: ``"none"`` drops it
+            (SPEC section 1, as GaLore drops it) and ``"residual"`` adds it
+            back, Fira-style: the update becomes ``scale * (back(N) + c S)``
+            with ``S = dV - back(R)``, ``c = ||N|| / ||R||`` (``N`` the
+            low-rank Adam direction), and ``c ||S||`` allowed to grow at most
+            1.01x per step. Costs 4 bytes of state (``compensation_norm``)
+            per matrix and one more pass over the weights per step; see
+            docs/convergence.md for what it buys.
 
     Every group key is read on every step, so LR schedulers work as usual.
     Hyperparameters are checked by the library (one rule set for every
@@ -128,6 +137,7 @@ class GradNormLoRP(Optimizer):
         correct_bias: bool = True,
         optim_bits: int = 32,
         refresh: str = "svd",
+        compensation: str = "none",
     ):
         defaults = dict(
             lr=lr,
@@ -141,6 +151,7 @@ class GradNormLoRP(Optimizer):
             correct_bias=correct_bias,
             optim_bits=optim_bits,
             refresh=refresh,
+            compensation=compensation,
         )
         _lib.lib()  # fail early, with a clear message, if the library is missing
         _validate_group(defaults)
@@ -179,7 +190,8 @@ class GradNormLoRP(Optimizer):
     def _layout(self, p: torch.Tensor, shape: tuple[int, ...], cfg: _lib.gnlp_config, shard=None) -> list:
         """p's state buffers; with a gnlp_shard, those of this rank's rows p of a sharded parameter."""
         where = (shard.global_rows, shard.row_offset, shard.rank, shard.world_size) if shard is not None else None
-        key = (shape, p.dtype, cfg.rank, cfg.proj_type if cfg.rank else 0, cfg.optim_bits, where)
+        key = (shape, p.dtype, cfg.rank, cfg.proj_type if cfg.rank else 0, cfg.optim_bits,
+               cfg.compensation if cfg.rank else 0, where)
         layout = self._layout_cache.get(key)
         if layout is None:
             desc = _lib.gnlp_tensor()
@@ -597,7 +609,7 @@ class _Pending(NamedTuple):
 def _config_of(group: dict[str, Any], projected: bool) -> _lib.gnlp_config:
     """The library's config for a param group's parameters (projected or
     not). This translates the Python spellings (rank None, names of
-    proj_type and refresh, tensor lr) and refuses what has no C value; the
+    proj_type, refresh and compensation, tensor lr) and refuses what has no C value; the
     values themselves are the library's to check (gnlp_check_config)."""
     beta1, beta2 = _betas(group["betas"])
     rank = group["rank"]
@@ -614,6 +626,12 @@ def _config_of(group: dict[str, Any], projected: bool) -> _lib.gnlp_config:
     refresh = group.get("refresh", "svd")
     if not isinstance(refresh, str) or refresh not in _lib.REFRESH_MODES:
         raise ValueError(f"invalid refresh: {refresh!r} (want one of {', '.join(repr(k) for k in _lib.REFRESH_MODES)})")
+    compensation = group.get("compensation", "none")
+    if not isinstance(compensation, str) or compensation not in _lib.COMPENSATION_MODES:
+        raise ValueError(
+            f"invalid compensation: {compensation!r} "
+            f"(want one of {', '.join(repr(k) for k in _lib.COMPENSATION_MODES)})"
+        )
     if not isinstance(group["correct_bias"], (bool, Integral)):
         raise ValueError(f"invalid correct_bias: {group['correct_bias']!r} (must be a bool)")
     bits = group["optim_bits"]
@@ -632,6 +650,7 @@ def _config_of(group: dict[str, Any], projected: bool) -> _lib.gnlp_config:
         correct_bias=group["correct_bias"],
         optim_bits=bits,
         refresh=_lib.REFRESH_MODES[refresh],
+        compensation=_lib.COMPENSATION_MODES[compensation],
     )
 
 

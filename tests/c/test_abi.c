@@ -69,9 +69,9 @@ static const char *const abi_status_names[] = {
     "GNLP_ERR_COLLECTIVE",
 };
 #define ABI_SIZEOF_GNLP_TENSOR 56
-#define ABI_SIZEOF_GNLP_CONFIG 72
+#define ABI_SIZEOF_GNLP_CONFIG 80
 #define ABI_SIZEOF_GNLP_BUFFER_SPEC 64
-#define ABI_SIZEOF_GNLP_STEP_ITEM 208
+#define ABI_SIZEOF_GNLP_STEP_ITEM 216
 #define ABI_SIZEOF_GNLP_SHARD 24
 #define ABI_SIZEOF_GNLP_GPU_INFO 264
 #define ABI_CHECK_SIZES(check) \
@@ -1390,10 +1390,11 @@ static void test_basics(void)
               c.eps == GNLP_DEFAULT_EPS && c.scale == GNLP_DEFAULT_SCALE && c.rank == GNLP_DEFAULT_RANK &&
               c.update_proj_gap == GNLP_DEFAULT_UPDATE_PROJ_GAP && c.proj_type == GNLP_DEFAULT_PROJ_TYPE &&
               c.correct_bias == GNLP_DEFAULT_CORRECT_BIAS && c.optim_bits == GNLP_DEFAULT_OPTIM_BITS &&
-              c.refresh == GNLP_DEFAULT_REFRESH && c.weight_decay == GNLP_DEFAULT_WEIGHT_DECAY,
-          "gnlp_config_default() = {lr %g, betas (%g, %g), eps %g, wd %g, scale %g, rank %d, gap %d, proj %d, bias %d, bits %d, refresh %d}",
+              c.refresh == GNLP_DEFAULT_REFRESH && c.compensation == GNLP_DEFAULT_COMPENSATION &&
+              c.weight_decay == GNLP_DEFAULT_WEIGHT_DECAY,
+          "gnlp_config_default() = {lr %g, betas (%g, %g), eps %g, wd %g, scale %g, rank %d, gap %d, proj %d, bias %d, bits %d, refresh %d, compensation %d}",
           c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, c.scale, c.rank, c.update_proj_gap, c.proj_type, c.correct_bias,
-          c.optim_bits, c.refresh);
+          c.optim_bits, c.refresh, c.compensation);
     /* config validation alone */
     CHECK_STATUS(gnlp_config_validate(&c), GNLP_OK);
     CHECK_STATUS(gnlp_config_validate(NULL), GNLP_ERR_NULL_POINTER);
@@ -1405,6 +1406,11 @@ static void test_basics(void)
     bad = c;
     bad.optim_bits = 16;
     CHECK_STATUS(gnlp_config_validate(&bad), GNLP_ERR_UNKNOWN_OPTION);
+    bad = c;
+    bad.compensation = 2;
+    CHECK_STATUS(gnlp_config_validate(&bad), GNLP_ERR_UNKNOWN_OPTION);
+    CHECK(strstr(gnlp_last_error(), "compensation 2") != NULL, "config message \"%s\" names compensation and its value",
+          gnlp_last_error());
     /* the CPU worker pool */
     int32_t cores = gnlp_num_threads();
     CHECK(cores >= 1, "gnlp_num_threads() = %d", cores);

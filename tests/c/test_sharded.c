@@ -241,7 +241,6 @@ static double rel_diff(int p)
 
 int main(void)
 {
-    CHECK(gnlp_abi_minor() >= 2, "library ABI minor %d, want >= 2", gnlp_abi_minor());
     pthread_barrier_init(&barrier, NULL, WORLD);
     srand(7);
     for (int p = 0; p < N_PARAMS; p++) {

@@ -21,10 +21,11 @@ def lib():
     return h
 
 
-def config(rank=0, proj_type="std", gap=200, bits=32, lr=1e-3, eps=1e-8, wd=1e-2, scale=1.0):
+def config(rank=0, proj_type="std", gap=200, bits=32, lr=1e-3, eps=1e-8, wd=1e-2, scale=1.0, compensation="none"):
     return L.make_config(
         lr=lr, beta1=0.9, beta2=0.999, eps=eps, weight_decay=wd, scale=scale, rank=rank,
         update_proj_gap=gap, proj_type=L.PROJ_TYPES[proj_type], correct_bias=True, optim_bits=bits,
+        compensation=L.COMPENSATION_MODES[compensation],
     )
 
 

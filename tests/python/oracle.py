@@ -56,6 +56,7 @@ class Oracle(torch.optim.Optimizer):
         scale=0.25,  # GradNormLoRP's default
         proj_type="std",
         correct_bias=True,
+        compensation="none",
         compute_dtype=torch.float32,
     ):
         defaults = dict(
@@ -68,6 +69,7 @@ class Oracle(torch.optim.Optimizer):
             scale=scale,
             proj_type=proj_type,
             correct_bias=correct_bias,
+            compensation=compensation,
         )
         self.compute_dtype = compute_dtype
         super().__init__(params, defaults)
@@ -122,6 +124,20 @@ class Oracle(torch.optim.Optimizer):
 
     # GradNormLoRP ------------------------------------------------------
 
+    @staticmethod
+    def _compensation(S, R, N, st):
+        """Fira-style compensation of the residual S = dV - back(R): phi S,
+        phi = ||N|| / ||R||, its norm allowed to grow at most 1.01x per step
+        (no limit while the stored norm is 0)."""
+        r = R.norm()
+        comp = S * (N.norm() / r) if r > 0 else torch.zeros_like(S)
+        norm, prev = comp.norm(), st["compensation_norm"]
+        if prev > 0 and norm > 1.01 * prev:
+            comp = comp * (1.01 * prev / norm)
+            norm = 1.01 * prev
+        st["compensation_norm"] = norm.reshape(1).to(prev.dtype)
+        return comp
+
     def _gnlp(self, p, group):
         cd = self.compute_dtype
         m, n = p.shape
@@ -142,6 +158,8 @@ class Oracle(torch.optim.Optimizer):
             st["proj_right"] = torch.zeros(k, n, dtype=cd) if right else None
             st["magnitude_exp_avg"] = torch.zeros(m, dtype=cd)
             st["magnitude_exp_avg_sq"] = torch.zeros(m, dtype=cd)
+            if group["compensation"] == "residual":
+                st["compensation_norm"] = torch.zeros(1, dtype=cd)
         st["step"] += 1
         t = st["step"]
 
@@ -177,11 +195,16 @@ class Oracle(torch.optim.Optimizer):
         N = self._adam_direction(R, st["exp_avg"], st["exp_avg_sq"], group)
         step_size = self._step_size(group, t)
         # 6. project back, scaled
-        back = N
-        if right:
-            back = back @ Q
-        if left:
-            back = P @ back
+        def project_back(x):
+            if right:
+                x = x @ Q
+            if left:
+                x = P @ x
+            return x
+
+        back = project_back(N)
+        if group["compensation"] == "residual":
+            back = back + self._compensation(dV - project_back(R), R, N, st)
         dVlow = group["scale"] * back
         # 7. Adam on the magnitudes
         Ng = self._adam_direction(dg, st["magnitude_exp_avg"], st["magnitude_exp_avg_sq"], group)

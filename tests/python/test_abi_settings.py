@@ -69,6 +69,7 @@ BAD = [
     ("scale", float("inf"), r"invalid scale: inf", _lib.GNLP_ERR_INVALID_ARGUMENT),
     ("proj_type", 9, r"unknown proj_type 9", _lib.GNLP_ERR_UNKNOWN_OPTION),
     ("refresh", 5, r"unknown refresh 5", _lib.GNLP_ERR_UNKNOWN_OPTION),
+    ("compensation", 2, r"unknown compensation 2 \(want 0: none, 1: residual\)", _lib.GNLP_ERR_UNKNOWN_OPTION),
     ("optim_bits", 16, r"invalid optim_bits: 16 \(want 32, 8 or 4\)", _lib.GNLP_ERR_UNKNOWN_OPTION),
 ]
 

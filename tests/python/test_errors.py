@@ -288,15 +288,16 @@ def test_library_missing_gives_clear_import_error():
 
 
 def test_abi_mismatch_gives_clear_import_error(monkeypatch):
+    built = _lib.ABI_VERSION
     monkeypatch.setattr(_lib, "ABI_VERSION", 999)
-    with pytest.raises(ImportError, match=r"ABI version 1.*expects ABI version 999"):
+    with pytest.raises(ImportError, match=rf"ABI version {built}.*expects ABI version 999"):
         _lib._load(gradnormlorp.library_path())
 
 
 def test_library_identity():
     assert gradnormlorp.library_path().endswith("libgradnormlorp.so")
     assert os.path.isfile(gradnormlorp.library_path())
-    assert _lib.lib().gnlp_abi_version() == gradnormlorp.ABI_VERSION == 1
+    assert _lib.lib().gnlp_abi_version() == gradnormlorp.ABI_VERSION == 2
     assert gradnormlorp.library_version()
     assert isinstance(gradnormlorp.__version__, str)
 

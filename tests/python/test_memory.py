@@ -79,6 +79,20 @@ def test_gradnormlorp_rows_equal_the_state_allocated_for_llama_60m(tmp_path):
         assert allocated_bytes(opt) == rows[name]
 
 
+def test_residual_rows_equal_the_state_allocated():
+    """compensation="residual" adds exactly one float per projected matrix."""
+    rows = row_bytes(report(TINY, TINY_RANK, residual=True))
+    model = llama(torch.bfloat16, **TINY)
+    groups = target_param_groups(model, TARGETS, rank=TINY_RANK)
+    matrices = len(groups[0]["params"])
+    for bits, name in ((32, "gradnormlorp"), (8, "gradnormlorp-8bit"), (4, "gradnormlorp-4bit")):
+        opt = GradNormLoRP(target_param_groups(model, TARGETS, rank=TINY_RANK), optim_bits=bits,
+                           compensation="residual")
+        assert allocated_bytes(one_step(model, opt, zero_grads=True)) == rows[name + "-residual"], name
+        assert rows[name + "-residual"] == rows[name] + 4 * matrices, name
+    assert "gradnormlorp-residual" not in row_bytes(report(TINY, TINY_RANK))
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_model_tensors_match_transformers(tied):
     """The shapes the report counts are LlamaForCausalLM's parameters, and the
