@@ -39,15 +39,17 @@ def problem(m, n, dtype, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("proj_type", PROJ)
 @pytest.mark.parametrize("shape", [(96, 160), (160, 96)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_matches_cpu_and_float64(dtype, proj_type, shape):
+@pytest.mark.parametrize("compensation", ["none", "residual"])
+def test_matches_cpu_and_float64(dtype, proj_type, shape, compensation):
     # eps 1e-4: at a refresh, "full" projects dV on its own singular vectors,
     # so the off-diagonal core entries are rounding noise that Adam would
     # scale to +-1 differently per backend (see cuda/hostcheck).
-    cfg = config(rank=RANK, proj_type=proj_type, gap=GAP, lr=1e-2, eps=1e-4)
+    cfg = config(rank=RANK, proj_type=proj_type, gap=GAP, lr=1e-2, eps=1e-4, compensation=compensation)
     w, grads = problem(*shape, dtype)
     cpu, gpu = Param(w.clone(), cfg), Param(w.clone().cuda(), cfg)
     ref = w.clone()
-    opt = Oracle([ref], lr=1e-2, eps=1e-4, rank=RANK, update_proj_gap=GAP, proj_type=proj_type, compute_dtype=torch.float64)
+    opt = Oracle([ref], lr=1e-2, eps=1e-4, rank=RANK, update_proj_gap=GAP, proj_type=proj_type,
+                 compensation=compensation, compute_dtype=torch.float64)
     for t, g in enumerate(grads, start=1):
         cpu.step(g, t)
         gpu.step(g.cuda(), t)
@@ -59,27 +61,8 @@ def test_matches_cpu_and_float64(dtype, proj_type, shape):
     for (name, sdt, _, _), a, b in zip(cpu.layout, cpu.state, gpu.state):
         if sdt == torch.float32:
             assert rel_err(b, a) <= 5e-3, name
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("proj_type", ["std", "full"])
-def test_residual_compensation_matches_cpu_and_float64(dtype, proj_type):
-    cfg = config(rank=RANK, proj_type=proj_type, gap=GAP, lr=1e-2, eps=1e-4, compensation="residual")
-    w, grads = problem(96, 160, dtype)
-    cpu, gpu = Param(w.clone(), cfg), Param(w.clone().cuda(), cfg)
-    ref = w.clone()
-    opt = Oracle([ref], lr=1e-2, eps=1e-4, rank=RANK, update_proj_gap=GAP, proj_type=proj_type,
-                 compensation="residual", compute_dtype=torch.float64)
-    for t, g in enumerate(grads, start=1):
-        cpu.step(g, t)
-        gpu.step(g.cuda(), t)
-        ref.grad = g.clone()
-        opt.step()
-    torch.cuda.synchronize()
-    assert rel_err(gpu.w, cpu.w) <= TOL_CPU[dtype]
-    assert rel_err(gpu.w, ref) <= TOL_F64[dtype]
-    norms = [b for (name, *_), b in zip(gpu.layout, gpu.state) if name == "compensation_norm"]
-    assert len(norms) == 1 and float(norms[0]) > 0
+        if name == "compensation_norm":  # the limiter's memory was written
+            assert float(b) > 0
 
 
 @pytest.mark.parametrize("bits", [8, 4])
