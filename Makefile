@@ -16,8 +16,11 @@
 #   make bench   CPU step benchmark vs galore-torch and torch AdamW
 #                (BENCH_ARGS="--models llama60m --steps 10")
 #   make bench-convergence   AdamW, GaLore, APOLLO, APOLLO-Mini, Fira, LoRA and
-#                GradNormLoRP on tinyshakespeare, 3 seeds, about an hour on 2 cores
-#                (CONVERGENCE_ARGS="--steps 200 --seeds 1 --methods adamw,gnlp32")
+#                GradNormLoRP on tinyshakespeare, 3 seeds, in two configurations:
+#                hidden 128 x 600 steps (bench/out/base, about an hour on 2 cores)
+#                and hidden 256 x 300 steps (bench/out/wide, about 1.5 hours);
+#                CONVERGENCE_ARGS go to both ("--steps 200 --seeds 1 --methods
+#                adamw,gnlp32"), CONVERGENCE_CONFIGS="base" runs one
 #   make wheel   dist/gradnormlorp-*-manylinux*.whl: needs no Go or compiler
 #                where it is installed (also writes the sdist, which it builds from)
 #   make sdist   dist/gradnormlorp-*.tar.gz alone
@@ -158,8 +161,19 @@ $(BENCH_STAMP): requirements-bench.txt requirements-dev.txt | venv
 bench: $(BENCH_STAMP) lib
 	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/step.py $(BENCH_ARGS)
 
+# The two configurations of docs/convergence.md: the base model, and one with
+# 3.6x its parameters (as many steps as fit 45 minutes for the main rows).
+CONVERGENCE_CONFIGS ?= base wide
+CONVERGENCE_base :=
+CONVERGENCE_wide := --hidden 256 --steps 300
 bench-convergence: $(BENCH_STAMP) lib
-	@PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/convergence.py $(CONVERGENCE_ARGS)
+	@set -e; for c in $(CONVERGENCE_CONFIGS); do \
+	  case $$c in base) extra="$(CONVERGENCE_base)";; wide) extra="$(CONVERGENCE_wide)";; \
+	    *) echo "error: unknown CONVERGENCE_CONFIGS entry '$$c' (base, wide)" >&2; exit 2;; esac; \
+	  echo ">> convergence, $$c configuration"; \
+	  PYTHONPATH=$(CURDIR)/python$${PYTHONPATH:+:$$PYTHONPATH} $(VPY) bench/convergence.py \
+	    $$extra --out bench/out/$$c $(CONVERGENCE_ARGS); \
+	done
 
 # Per-rank state (LLaMA-1B/7B, world 1/2/8) and measured traffic of a 2-rank gloo FSDP2 run.
 .PHONY: bench-sharding

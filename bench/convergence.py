@@ -26,7 +26,10 @@ short run (--sweep-steps, same schedule compressed, first seed only) at each
 LR of --lrs, and the LR with the lowest validation loss wins. GradNormLoRP's
 8-bit, 4-bit and subspace-refresh rows reuse the LR picked for its 32-bit SVD
 row, so that they show the effect of quantisation / the fast refresh alone.
---lr LR instead trains every method at one shared LR (no sweep). Each row
+--lr LR instead trains every method at one shared LR (no sweep);
+--lr-from DIR/convergence.json takes the LRs an earlier run of the same
+settings swept, and sweeps only the methods it lacks (to add rows to a
+run). Each row
 reports the mean and standard deviation of the test loss over the seeds.
 
 Writes DIR/convergence.md (tables), DIR/convergence.png (train and eval
@@ -106,6 +109,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="torch threads and GOMAXPROCS (default: all cores, %(default)s)",
     )
     ap.add_argument("--lr", type=float, default=None, help="one shared peak LR for all methods (skips the sweep)")
+    ap.add_argument(
+        "--lr-from",
+        metavar="JSON",
+        default=None,
+        help="convergence.json of an earlier run with the same settings: reuse the LRs it swept",
+    )
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2", help="peak LRs of the sweep (default %(default)s)")
     ap.add_argument("--sweep-steps", type=int, default=None, help="steps of each sweep run (default: steps/4)")
     add_model_arguments(ap)  # --scale is also LoRA's lora_alpha / r
@@ -121,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
         ap.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.lr is not None and args.lr_from:
+        ap.error("--lr and --lr-from exclude each other")
     args.lrs = [float(x) for x in args.lrs.split(",")]
     if args.sweep_steps is None:
         args.sweep_steps = max(1, args.steps // 4)
@@ -448,6 +459,27 @@ def sweep(names, train_split, val_x, args, bar) -> tuple[dict[str, float], dict[
     return best, losses
 
 
+# The settings an LR choice depends on: an earlier sweep is reused only when
+# all of them match.
+SWEEP_SETTINGS = (
+    "corpus", "steps", "sweep_steps", "lrs", "seed", "rank", "scale", "update_proj_gap",
+    "hidden", "layers", "heads", "batch_size", "seq_len",
+)  # fmt: skip
+
+
+def earlier_sweep(path: str, args) -> tuple[dict[str, float], dict[str, dict[float, float]]]:
+    """The chosen LRs and sweep losses of an earlier run's convergence.json."""
+    with open(path) as f:
+        earlier = json.load(f)
+    theirs = earlier["args"]
+    differ = [f"--{k.replace('_', '-')} {theirs.get(k)!r} (here {getattr(args, k)!r})"
+              for k in SWEEP_SETTINGS if theirs.get(k) != getattr(args, k)]  # fmt: skip
+    if differ:
+        sys.exit(f"error: --lr-from {path} was swept with other settings: {'; '.join(differ)}")
+    losses = {n: {float(lr): v for lr, v in ls.items()} for n, ls in earlier["sweep"].items()}
+    return earlier["lr"], losses
+
+
 # ------------------------------------------------------------------- report
 
 
@@ -617,18 +649,21 @@ def plot(runs: list[Run], path: str, args) -> None:
 
     fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(13, 5))
     window = max(1, args.steps // 30)
+    # One colour per method, the same in every plot (tab10 alone repeats after ten).
+    colors = dict(zip(METHODS, [*plt.get_cmap("tab10").colors, "black", "darkgoldenrod"]))
     for name, rs in by_method(runs).items():
         finished = [r for r in rs if not r.diverged]  # a diverged seed has no curve to average
         if not finished:
             continue
         style = "--" if name.startswith("gnlp") and name != "gnlp32" else "-"
-        label = METHODS[name].label
+        label, color = METHODS[name].label, colors.get(name)  # None: the next default colour
         plot_spread(
             ax_train,
             list(range(1, args.steps + 1)),
             [moving_average(r.train_loss, window) for r in finished],
             style,
             label,
+            color=color,
         )
         plot_spread(
             ax_eval,
@@ -636,6 +671,7 @@ def plot(runs: list[Run], path: str, args) -> None:
             [[v for _, v in r.curve] for r in finished],
             style,
             label,
+            color=color,
             marker="o",
             markersize=3,
         )
@@ -720,6 +756,9 @@ def markdown(runs, best, losses, args, meta) -> str:
             *sweep_table(losses, best, args),
             "",
         ]
+        if args.lr_from:
+            out += [f"The sweeps of {', '.join(METHODS[n].label for n in meta['lr_reused'])} are the earlier run's "
+                    f"(`--lr-from {args.lr_from}`).", ""]  # fmt: skip
         edge = [METHODS[n].label for n, lr in best.items() if lr in (min(args.lrs), max(args.lrs))]
         if edge:
             out += [f"At the edge of the grid: {', '.join(edge)} (a wider grid might change these).", ""]
@@ -751,6 +790,7 @@ def summary(runs: list[Run]) -> dict[str, dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    known_lr, known_losses = earlier_sweep(args.lr_from, args) if args.lr_from else ({}, {})
     # The Go runtime reads GOMAXPROCS when the library loads (first optimizer).
     os.environ["GOMAXPROCS"] = str(args.threads)
     from tqdm import tqdm
@@ -787,12 +827,16 @@ def main(argv=None) -> int:
     )
 
     owners = list(dict.fromkeys(METHODS[m].lr_from for m in args.methods)) if args.lr is None else []
+    meta["lr_reused"] = [o for o in owners if o in known_lr]
+    owners = [o for o in owners if o not in known_lr]
     total = len(owners) * len(args.lrs) * args.sweep_steps + len(args.methods) * len(seeds) * args.steps
     bar = tqdm(
         total=total, unit="step", dynamic_ncols=True, file=sys.stdout, mininterval=0.5 if sys.stdout.isatty() else 15
     )  # a log file gets a line every 15 s
-    if owners:
+    if args.lr is None:
         best, losses = sweep(owners, train_split, val_x, args, bar)
+        for o in meta["lr_reused"]:
+            best[o], losses[o] = known_lr[o], known_losses[o]
     else:
         best, losses = {METHODS[m].lr_from: args.lr for m in args.methods}, {}
 
